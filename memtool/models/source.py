@@ -1,0 +1,107 @@
+"""Stream tensors out of a safetensors checkpoint shard by shard, tensor by tensor.
+
+``TensorSource(ref).iter_tensors()`` maps one shard at a time (safetensors ``safe_open``) and copies out one
+tensor at a time, so a checkpoint larger than RAM is processed with peak memory about one shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import struct
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from memtool.errors import UsageError
+
+PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+
+
+def check_safetensors(path: Path) -> dict:
+    """Read and validate a safetensors header: one-line UsageError for a truncated or corrupt file."""
+    size = path.stat().st_size
+    try:
+        with open(path, "rb") as f:
+            head = f.read(8)
+            if len(head) < 8:
+                raise UsageError(f"truncated safetensors file (no header): {path}")
+            (n,) = struct.unpack("<Q", head)
+            if n > size - 8 or n > 100 * 2**20:
+                raise UsageError(f"truncated or corrupt safetensors file (header length {n} > file): {path}")
+            header = json.loads(f.read(n))
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise UsageError(f"corrupt safetensors file (header is not JSON): {path}") from None
+    end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    if 8 + n + end > size:
+        raise UsageError(f"truncated safetensors file ({size} bytes, header needs {8 + n + end}): {path}")
+    return header
+
+
+def safetensors_files(model_dir: Path) -> list[Path]:
+    """The checkpoint's shards in index order (model.safetensors.index.json) or sorted by name."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.exists():
+        try:
+            wmap = json.loads(index.read_text())["weight_map"]
+        except (json.JSONDecodeError, KeyError):
+            raise UsageError(f"corrupt shard index: {index}") from None
+        files = list(dict.fromkeys(wmap.values()))
+        missing = [f for f in files if not (model_dir / f).exists()]
+        if missing:
+            raise UsageError(f"shard listed in the index is missing: {model_dir / missing[0]}")
+        return [model_dir / f for f in files]
+    return sorted(model_dir.glob("*.safetensors"))
+
+
+class TensorSource:
+    """Lazily iterate (name, tensor) over a model directory's safetensors shards."""
+
+    def __init__(self, model_dir: str | Path):
+        self.path = Path(getattr(model_dir, "path", model_dir))
+        self.shards = safetensors_files(self.path)
+        if not self.shards:
+            raise UsageError(f"no safetensors weights in {self.path}")
+        self.headers = {s: check_safetensors(s) for s in self.shards}
+
+    def names(self) -> list[str]:
+        return [k for h in self.headers.values() for k in h if k != "__metadata__"]
+
+    def shape_of(self, name: str) -> tuple[int, ...]:
+        for h in self.headers.values():
+            if name in h:
+                return tuple(h[name]["shape"])
+        raise KeyError(name)
+
+    def nbytes(self) -> int:
+        return sum(s.stat().st_size for s in self.shards)
+
+    def iter_shards(self) -> Iterator[tuple[Path, Iterator[tuple[str, torch.Tensor]]]]:
+        from safetensors import safe_open
+
+        for shard in self.shards:
+            with safe_open(str(shard), framework="pt") as f:
+                yield shard, ((k, f.get_tensor(k)) for k in f.keys())
+
+    def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
+        for _, tensors in self.iter_shards():
+            yield from tensors
+
+    def get_tensor(self, name: str) -> torch.Tensor:
+        from safetensors import safe_open
+
+        for shard, h in self.headers.items():
+            if name in h:
+                with safe_open(str(shard), framework="pt") as f:
+                    return f.get_tensor(name)
+        raise KeyError(name)
+
+    def sha256(self) -> str:
+        """Checksum over the shards' bytes (streamed, in shard order)."""
+        h = hashlib.sha256()
+        for s in self.shards:
+            with open(s, "rb") as f:
+                for chunk in iter(lambda: f.read(1 << 24), b""):
+                    h.update(chunk)
+        return h.hexdigest()
