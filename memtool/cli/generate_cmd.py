@@ -1,0 +1,77 @@
+"""`memtool generate MODEL --prompt TEXT`: continue a prompt (greedy by default) and report tokens/s."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from memtool.cli.common import DebugOpt, JsonOpt, QuietOpt, Result, run
+
+
+def generate_text(model, tok, prompt: str, *, max_new_tokens: int, temperature: float, top_p: float, seed: int,
+                  device: str) -> dict:
+    """transformers' ``generate`` (greedy or sampled) with timing; no math here."""
+    import time
+
+    import torch
+
+    enc = tok(prompt, return_tensors="pt")
+    ids = enc["input_ids"].to(device)
+    mask = enc.get("attention_mask")
+    kw = dict(max_new_tokens=max_new_tokens, do_sample=temperature > 0,
+              pad_token_id=tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id)
+    if temperature > 0:
+        kw.update(temperature=temperature, top_p=top_p)
+        torch.manual_seed(seed)
+    else:  # greedy: clear sampling defaults a generation_config.json may carry
+        kw.update(temperature=None, top_p=None, top_k=None)
+    t0 = time.perf_counter()
+    with torch.inference_mode():
+        out = model.generate(ids, attention_mask=None if mask is None else mask.to(device), **kw)
+    dt = time.perf_counter() - t0
+    new = out[0, ids.shape[1]:]
+    return {"text": tok.decode(new, skip_special_tokens=True), "prompt_tokens": int(ids.shape[1]),
+            "new_tokens": int(new.numel()), "seconds": round(dt, 3),
+            "tokens_per_s": round(new.numel() / dt, 2) if dt > 0 else None}
+
+
+def register(app: typer.Typer) -> None:
+    @app.command("generate")
+    def generate_cmd(
+        model: Annotated[str, typer.Argument(help="Local HF dir, memtool artifact, .gguf file, hub id or 'default'.")],
+        prompt: Annotated[str, typer.Option(help="Text to continue.")],
+        max_new_tokens: Annotated[int, typer.Option(help="Tokens to generate.")] = 32,
+        temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples.")] = 0.0,
+        top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (with --temperature > 0).")] = 1.0,
+        seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+        device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
+        dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16 (dense parts and activations)")] = "float32",
+        allow_pickle: Annotated[bool, typer.Option(help="Allow pickle (.bin/.pt) checkpoints.")] = False,
+        trust_remote_code: Annotated[bool, typer.Option(help="Run the model repo's own code.")] = False,
+        json_: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
+    ) -> None:
+        """Generate text from MODEL (memtool artifacts run on memtool's LUT modules)."""
+
+        def body(progress):
+            from memtool.errors import UsageError
+            from memtool.models import load_model, load_tokenizer, parse_dtype, resolve
+
+            if max_new_tokens < 1:
+                raise UsageError("--max-new-tokens must be at least 1")
+            if temperature < 0:
+                raise UsageError("--temperature must be >= 0")
+            if not 0 < top_p <= 1:
+                raise UsageError("--top-p must be in (0, 1]")
+            dt = parse_dtype(dtype)
+            ref = resolve(model, allow_pickle=allow_pickle, progress=progress)
+            tok = load_tokenizer(ref, trust_remote_code)
+            m = load_model(ref, dtype=dt, device=device, trust_remote_code=trust_remote_code)
+            res = generate_text(m, tok, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
+                                top_p=top_p, seed=seed, device=device)
+            meta = {"model": model, "artifact": ref.is_artifact, "device": device, "dtype": dtype,
+                    "prompt": prompt, "text": res["text"]}
+            row = {k: res[k] for k in ("prompt_tokens", "new_tokens", "seconds", "tokens_per_s")}
+            return Result("memtool generate", rows=[row], meta=meta)
+
+        run(body, json_=json_, quiet=quiet, debug=debug)

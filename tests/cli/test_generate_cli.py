@@ -1,0 +1,25 @@
+"""`memtool generate` on a tiny model and its packed artifact (CPU)."""
+
+import json
+
+from typer.testing import CliRunner
+
+from memtool.cli.app import app
+from memtool.compress.quantize import QuantizeSpec, quantize_model
+
+runner = CliRunner()
+
+
+def test_generate_plain_and_artifact(tiny_llama_dir, tmp_path):
+    art = tmp_path / "a"
+    quantize_model(str(tiny_llama_dir), art, QuantizeSpec(bits=8, group_size=32))
+    res = {}
+    for name, path in (("plain", tiny_llama_dir), ("art", art)):
+        r = runner.invoke(app, ["generate", str(path), "--prompt", "Hello", "--max-new-tokens", "6", "--json", "-q"])
+        assert r.exit_code == 0, r.output
+        d = json.loads(r.stdout)
+        assert d["rows"][0]["new_tokens"] >= 1 and d["rows"][0]["tokens_per_s"] > 0 and isinstance(d["text"], str)
+        res[name] = d
+    assert res["art"]["artifact"] and not res["plain"]["artifact"]
+    r = runner.invoke(app, ["generate", str(art), "--prompt", "Hi", "--max-new-tokens", "0"])
+    assert r.exit_code == 2 and "at least 1" in r.stderr
