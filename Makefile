@@ -22,10 +22,11 @@ install: $(BIN)/.installed
 
 demo: install
 	$(BIN)/memtool eval default
-	$(BIN)/memtool quantize default --bits 3 --group-size 128 --method gptq -o .cache/demo-q3 --overwrite
+	$(BIN)/memtool quantize default --bits 3 --group-size 128 --calib-method gptq --n-calib 32 -o .cache/demo-q3 --overwrite
 	$(BIN)/memtool inspect .cache/demo-q3
 	$(BIN)/memtool eval .cache/demo-q3 --compare default
 	$(BIN)/memtool generate .cache/demo-q3 --prompt "The capital of France is" --max-new-tokens 24
+	$(BIN)/memtool bench --quick
 
 test: install
 	$(BIN)/python -m pytest -q -x --durations=15 tests
