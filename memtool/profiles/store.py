@@ -15,17 +15,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from memtool.paths import cache_dir as cache_root
 from memtool.profiles.profile import Profile, build_profile, profile_key
 
 SCHEMA = 1
-
-
-def cache_root() -> Path:
-    env = os.environ.get("MEMTOOL_CACHE")
-    if env:
-        return Path(env).expanduser()
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    return (Path(xdg) if xdg else Path.home() / ".cache") / "memtool"
 
 
 def profiles_dir() -> Path:
