@@ -19,12 +19,13 @@ Formats now:
 
 from __future__ import annotations
 
+import abc
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from memtool.errors import UsageError
+from memtool.errors import MemtoolError, UsageError
 
 # method (memtool.compress.lut) -> LutWeight kind
 METHOD_TO_KIND = {"uniform": "affine", "bcq": "bcq", "nf": "table"}
@@ -59,28 +60,31 @@ class PackedTensor:
         return n
 
 
-class Format:
-    """Base class; a subclass sets ``name``/``version`` and implements the methods below."""
+class Format(abc.ABC):
+    """Base class; a subclass sets ``name``/``version`` and implements the abstract methods."""
 
     name: str = ""
     version: int = 1
     packed: bool = True  # False: the tensor is stored as is (no module swap)
 
+    @abc.abstractmethod
     def tensor_suffixes(self, meta: dict) -> tuple[str, ...]:
         """Names of the stored tensors relative to the module prefix."""
-        raise NotImplementedError
 
     def tensor_names(self, module: str, meta: dict) -> list[str]:
         return [f"{module}.{s}" for s in self.tensor_suffixes(meta)]
 
+    @abc.abstractmethod
     def pack(self, module: str, obj: Any, **kw: Any) -> PackedTensor:
-        raise NotImplementedError
+        """Turn one layer's quantized object (or dense tensor) into stored tensors."""
 
+    @abc.abstractmethod
     def unpack(self, packed: PackedTensor) -> Any:
-        raise NotImplementedError
+        """The inverse of pack (the kernel-facing object, or the dense tensor)."""
 
+    @abc.abstractmethod
     def dequantize(self, packed: PackedTensor, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-        raise NotImplementedError
+        """Reference dequantization to a dense [out, in] weight."""
 
     def bits_per_weight(self, packed: PackedTensor) -> float:
         return 8.0 * packed.nbytes / max(packed.numel, 1)
@@ -100,7 +104,7 @@ class Format:
 
     def build_module(self, meta: dict, in_features: int, out_features: int, bias: bool,
                      dtype: torch.dtype | None = None, device: Any = None) -> torch.nn.Module:
-        raise NotImplementedError
+        raise MemtoolError(f"format '{self.name}' stores tensors as they are and has no module to swap in")
 
 
 class DenseFormat(Format):
