@@ -21,6 +21,7 @@ $(BIN)/.installed: pyproject.toml
 install: $(BIN)/.installed
 
 demo: install
+	mkdir -p .cache
 	$(BIN)/memtool eval default
 	$(BIN)/memtool quantize default --bits 3 --group-size 128 --calib-method gptq --n-calib 32 -o .cache/demo-q3 --overwrite
 	$(BIN)/memtool inspect .cache/demo-q3
