@@ -22,6 +22,8 @@ from memtool.progress import Progress, make_progress
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print the result as JSON on stdout (for scripts).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress output on stderr.")]
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
+AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle (.bin/.pt) checkpoints.")]
+TrustRemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Run the model repo's own code.")]
 
 
 @dataclass
@@ -145,4 +147,4 @@ def usage(msg: str) -> None:
     raise UsageError(msg)
 
 
-__all__ = ["Result", "run", "render", "usage", "JsonOpt", "QuietOpt", "DebugOpt", "EXIT_USAGE"]
+__all__ = ["Result", "run", "render", "usage", "JsonOpt", "QuietOpt", "DebugOpt", "AllowPickleOpt", "TrustRemoteCodeOpt", "EXIT_USAGE"]

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from memtool.cli.common import DebugOpt, JsonOpt, QuietOpt, Result, run
+from memtool.cli.common import AllowPickleOpt, DebugOpt, JsonOpt, QuietOpt, Result, TrustRemoteCodeOpt, run
 
 
 def register(app: typer.Typer) -> None:
@@ -21,8 +21,8 @@ def register(app: typer.Typer) -> None:
         windows: Annotated[Optional[int], typer.Option(help="Number of windows [40; all for wikitext2].")] = None,
         device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
         dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
-        allow_pickle: Annotated[bool, typer.Option(help="Allow pickle (.bin/.pt) checkpoints.")] = False,
-        trust_remote_code: Annotated[bool, typer.Option(help="Run the model repo's own code.")] = False,
+        allow_pickle: AllowPickleOpt = False,
+        trust_remote_code: TrustRemoteCodeOpt = False,
         json_: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
     ) -> None:
         """Perplexity on a recorded protocol; with --compare, mean KL and top-1 agreement vs the base."""

@@ -6,7 +6,7 @@ from typing import Annotated, Optional
 
 import typer
 
-from memtool.cli.common import DebugOpt, JsonOpt, QuietOpt, Result, run, usage
+from memtool.cli.common import AllowPickleOpt, DebugOpt, JsonOpt, QuietOpt, Result, run, usage
 
 
 def register(app: typer.Typer) -> None:
@@ -41,7 +41,7 @@ def register(app: typer.Typer) -> None:
         gpu_memory: Annotated[Optional[float], typer.Option("--gpu-memory", help="Cap GPU memory (GB).")] = None,
         wire_dtype: Annotated[str, typer.Option("--wire-dtype", help="Dtype of blocks on PCIe: auto (= --dtype).")] = "auto",
         metrics: Annotated[Optional[str], typer.Option("--metrics", help="Append per-step JSON lines here.")] = None,
-        allow_pickle: Annotated[bool, typer.Option("--allow-pickle", help="Allow .bin (pickle) checkpoints.")] = False,
+        allow_pickle: AllowPickleOpt = False,
         json_: JsonOpt = False,
         quiet: QuietOpt = False,
         debug: DebugOpt = False,

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from memtool.cli.common import DebugOpt, JsonOpt, QuietOpt, Result, run
+from memtool.cli.common import AllowPickleOpt, DebugOpt, JsonOpt, QuietOpt, Result, TrustRemoteCodeOpt, run
 
 
 def generate_text(model, tok, prompt: str, *, max_new_tokens: int, temperature: float, top_p: float, seed: int,
@@ -47,8 +47,8 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
         device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
         dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16 (dense parts and activations)")] = "float32",
-        allow_pickle: Annotated[bool, typer.Option(help="Allow pickle (.bin/.pt) checkpoints.")] = False,
-        trust_remote_code: Annotated[bool, typer.Option(help="Run the model repo's own code.")] = False,
+        allow_pickle: AllowPickleOpt = False,
+        trust_remote_code: TrustRemoteCodeOpt = False,
         json_: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
     ) -> None:
         """Generate text from MODEL (memtool artifacts run on memtool's LUT modules)."""
