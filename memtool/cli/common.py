@@ -24,6 +24,8 @@ QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress outpu
 DebugOpt = Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")]
 AllowPickleOpt = Annotated[bool, typer.Option("--allow-pickle", help="Allow pickle (.bin/.pt) checkpoints.")]
 TrustRemoteCodeOpt = Annotated[bool, typer.Option("--trust-remote-code", help="Run the model repo's own code.")]
+DeviceOpt = Annotated[str, typer.Option("--device", help="cpu, cuda, cuda:1 ...")]
+DtypeOpt = Annotated[str, typer.Option("--dtype", help="float32 | bfloat16 | float16 (dense weights and activations)")]
 
 
 @dataclass
@@ -147,4 +149,5 @@ def usage(msg: str) -> None:
     raise UsageError(msg)
 
 
-__all__ = ["Result", "run", "render", "usage", "JsonOpt", "QuietOpt", "DebugOpt", "AllowPickleOpt", "TrustRemoteCodeOpt", "EXIT_USAGE"]
+__all__ = ["Result", "run", "render", "usage", "JsonOpt", "QuietOpt", "DebugOpt", "AllowPickleOpt",
+           "TrustRemoteCodeOpt", "DeviceOpt", "DtypeOpt", "EXIT_USAGE"]

@@ -6,7 +6,8 @@ from typing import Annotated, Optional
 
 import typer
 
-from memtool.cli.common import AllowPickleOpt, DebugOpt, JsonOpt, QuietOpt, Result, TrustRemoteCodeOpt, run
+from memtool.cli.common import (AllowPickleOpt, DebugOpt, DeviceOpt, DtypeOpt, JsonOpt, QuietOpt, Result,
+                                TrustRemoteCodeOpt, run)
 
 
 def register(app: typer.Typer) -> None:
@@ -19,8 +20,8 @@ def register(app: typer.Typer) -> None:
         seq_len: Annotated[Optional[int], typer.Option(help="Tokens per window [512; 2048 for wikitext2].")] = None,
         stride: Annotated[Optional[int], typer.Option(help="Window stride [= seq-len: non-overlapping].")] = None,
         windows: Annotated[Optional[int], typer.Option(help="Number of windows [40; all for wikitext2].")] = None,
-        device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
-        dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16")] = "float32",
+        device: DeviceOpt = "cpu",
+        dtype: DtypeOpt = "float32",
         allow_pickle: AllowPickleOpt = False,
         trust_remote_code: TrustRemoteCodeOpt = False,
         json_: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,

@@ -6,7 +6,8 @@ from typing import Annotated
 
 import typer
 
-from memtool.cli.common import AllowPickleOpt, DebugOpt, JsonOpt, QuietOpt, Result, TrustRemoteCodeOpt, run
+from memtool.cli.common import (AllowPickleOpt, DebugOpt, DeviceOpt, DtypeOpt, JsonOpt, QuietOpt, Result,
+                                TrustRemoteCodeOpt, run)
 
 
 def generate_text(model, tok, prompt: str, *, max_new_tokens: int, temperature: float, top_p: float, seed: int,
@@ -45,8 +46,8 @@ def register(app: typer.Typer) -> None:
         temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples.")] = 0.0,
         top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (with --temperature > 0).")] = 1.0,
         seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
-        device: Annotated[str, typer.Option(help="cpu, cuda, cuda:1 ...")] = "cpu",
-        dtype: Annotated[str, typer.Option(help="float32 | bfloat16 | float16 (dense parts and activations)")] = "float32",
+        device: DeviceOpt = "cpu",
+        dtype: DtypeOpt = "float32",
         allow_pickle: AllowPickleOpt = False,
         trust_remote_code: TrustRemoteCodeOpt = False,
         json_: JsonOpt = False, quiet: QuietOpt = False, debug: DebugOpt = False,
