@@ -149,7 +149,7 @@ class LutFormat(Format):
     def layout_id() -> str:
         from memtool.kernels import lut_layout
 
-        return f"planes-unit{lut_layout.UNIT}-align{lut_layout.UNIT_ALIGN}"
+        return lut_layout.LAYOUT_ID
 
     def config_fields(self) -> dict[str, Any]:
         return {"lut_layout": self.layout_id()}

@@ -13,9 +13,14 @@ import os
 
 import torch
 
+from memtool.kernels.lut_layout import ROW_BLOCK
 from memtool.kernels.lut_types import LutWeight
 
-CHUNK_ROWS = 2048
+CHUNK_ROWS = 2048  # rounded to whole row blocks of the tile layout: a slice must start on a block
+
+
+def _chunk() -> int:
+    return max(ROW_BLOCK, CHUNK_ROWS // ROW_BLOCK * ROW_BLOCK)
 
 
 def _compute_dtype(x_dtype: torch.dtype) -> torch.dtype:
@@ -28,8 +33,9 @@ def dequantized(w: LutWeight, dtype: torch.dtype) -> torch.Tensor:
     t = w.cache.get(key)
     if t is None:
         t = torch.empty(w.out_features, w.in_features, dtype=dtype)
-        for r0 in range(0, w.out_features, CHUNK_ROWS):
-            t[r0 : r0 + CHUNK_ROWS] = _rows(w, r0, r0 + CHUNK_ROWS).to(dtype)
+        c = _chunk()
+        for r0 in range(0, w.out_features, c):
+            t[r0 : r0 + c] = _rows(w, r0, r0 + c).to(dtype)
         w.cache[key] = t
     return t
 
@@ -55,6 +61,7 @@ def lut_matmul_cpu(x: torch.Tensor, w: LutWeight) -> torch.Tensor:
     if os.environ.get("MEMTOOL_CPU_CACHE", "1") != "0":
         return torch.nn.functional.linear(xc, dequantized(w, cd)).to(x.dtype)
     out = torch.empty(*x.shape[:-1], w.out_features, dtype=cd)
-    for r0 in range(0, w.out_features, CHUNK_ROWS):
-        out[..., r0 : r0 + CHUNK_ROWS] = torch.nn.functional.linear(xc, _rows(w, r0, r0 + CHUNK_ROWS).to(cd))
+    c = _chunk()
+    for r0 in range(0, w.out_features, c):
+        out[..., r0 : r0 + c] = torch.nn.functional.linear(xc, _rows(w, r0, r0 + c).to(cd))
     return out.to(x.dtype)

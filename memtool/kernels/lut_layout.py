@@ -6,14 +6,24 @@ The K (input) axis of each output row is cut into *units* of 32 consecutive code
 ``q`` int32 words (32*q bits, no waste, also for 3 bits). ``KU = ceil(K / 32)`` (no further padding, so a
 3-bit row costs exactly 3 bits per weight when 32 divides K); codes past K are stored as 0 and never read
 as weights (kernels mask the matching activations to 0). When KU is a multiple of 4 (K a multiple of 128,
-as in every large model) each row and plane starts on a 16-byte boundary.
+as in every large model) every run of 4 units of one row and plane starts on a 16-byte boundary.
 
-Row layout ("plane-major")
---------------------------
-``qweight`` is int32 ``[N, q * KU]``. Word ``p`` (``p in 0..q-1``) of unit ``u`` of row ``n`` sits at
-``qweight[n, p * KU + u]``: each of the q word *planes* of a row is contiguous over units, so a kernel tile
-of BU consecutive units of one plane is one coalesced run of ``4*BU`` bytes per row (16-byte vector loads
-for BU >= 4 when KU % 4 == 0).
+Tile layout ("tiles64x4")
+-------------------------
+``qweight`` is int32 ``[N, q * KU]`` (one row's worth of words per row, no padding), but the words are laid
+out in *tiles* so that a GPU kernel streaming a block of rows reads one contiguous run: rows are cut into
+blocks of ``ROW_BLOCK = 64`` (the last block may be shorter: ``R = min(64, N - 64*b)``), units into tiles of
+``UNIT_TILE = 4`` (the last tile may be narrower: ``U = min(4, KU - 4*t)``). Block b occupies the flat words
+``[64*b*q*KU, (64*b + R)*q*KU)`` (the same memory as its rows in a row-major layout); inside it the tiles
+follow each other and each tile is a row-major ``[q, R, U]`` array. Word ``p`` of unit ``u`` of row ``n`` is
+the flat word
+
+    64*b*q*KU + 4*t*q*R + (p*R + r)*U + (u - 4*t),   b = n // 64, r = n % 64, t = u // 4
+
+(:func:`word_offsets`). A [64 rows x 4 units] tile of one plane is one 1 KiB run, so a warp reading 32 rows
+x 16 bytes touches 512 contiguous bytes (the row-major layout touched 32 separate 16-byte pieces: ~2x the
+GEMV time on an H200). Row slices that start on a multiple of 64 (``qweight[r0:r1]``) are valid packed
+weights of their own.
 
 Code placement inside the words of a unit (chosen for the fp16 "magic number" decode)
 -------------------------------------------------------------------------------------
@@ -48,6 +58,9 @@ from memtool.errors import UsageError
 SUPPORTED_BITS = (2, 3, 4, 8)
 UNIT = 32  # codes per unit
 UNIT_ALIGN = 1  # units per row are padded to a multiple of this (1: no padding beyond the last unit)
+ROW_BLOCK = 64  # rows per tile block (see "Tile layout")
+UNIT_TILE = 4  # units per tile
+LAYOUT_ID = f"tiles{ROW_BLOCK}x{UNIT_TILE}-unit{UNIT}"
 
 
 def check_bits(bits: int) -> int:
@@ -111,6 +124,19 @@ def pair_slots(bits: int) -> tuple[tuple[int, int, int, int], ...]:
     return tuple(out)
 
 
+def word_offsets(n: int, bits: int, ku: int, device=None) -> torch.Tensor:
+    """Flat position of every word: int64 ``[n, bits, ku]`` (word p of unit u of row n; see "Tile layout")."""
+    rows = torch.arange(n, device=device, dtype=torch.int64)
+    units = torch.arange(ku, device=device, dtype=torch.int64)
+    r = rows % ROW_BLOCK
+    b0 = rows - r
+    R = torch.clamp(n - b0, max=ROW_BLOCK)[:, None, None]
+    t0 = (units - units % UNIT_TILE)[None, None, :]
+    U = torch.clamp(ku - t0, max=UNIT_TILE)
+    p = torch.arange(bits, device=device, dtype=torch.int64)[None, :, None]
+    return b0[:, None, None] * (bits * ku) + t0 * bits * R + (p * R + r[:, None, None]) * U + (units % UNIT_TILE)
+
+
 def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
     """Pack integer codes ``[N, K]`` (values in ``[0, 2^bits)``) into int32 ``[N, bits * KU]``."""
     bits = check_bits(bits)
@@ -130,8 +156,10 @@ def pack_codes(codes: torch.Tensor, bits: int) -> torch.Tensor:
         if cb or width != bits:
             v = (v >> cb) & ((1 << width) - 1)
         words[p] |= v << pos
-    words = torch.where(words >= 2**31, words - 2**32, words)
-    return words.permute(1, 0, 2).reshape(n, bits * ku).to(torch.int32).contiguous()
+    words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)
+    flat = torch.empty(n * bits * ku, dtype=torch.int32, device=codes.device)
+    flat[word_offsets(n, bits, ku, codes.device).view(-1)] = words.permute(1, 0, 2).reshape(-1)
+    return flat.view(n, bits * ku)
 
 
 def unpack_codes(qweight: torch.Tensor, bits: int, in_features: int) -> torch.Tensor:
@@ -144,7 +172,8 @@ def unpack_codes(qweight: torch.Tensor, bits: int, in_features: int) -> torch.Te
             f"qweight shape {tuple(qweight.shape)} does not match {bits}-bit codes of {in_features} inputs "
             f"(expected [{n}, {bits * ku}])"
         )
-    words = qweight.to(torch.int64).view(n, bits, ku) & 0xFFFFFFFF
+    flat = qweight.contiguous().view(-1)
+    words = flat[word_offsets(n, bits, ku, qweight.device)].to(torch.int64) & 0xFFFFFFFF
     units = torch.zeros(n, ku, UNIT, dtype=torch.int64, device=qweight.device)
     for i, p, pos, width, cb in fields(bits):
         units[:, :, i] |= ((words[:, p] >> pos) & ((1 << width) - 1)) << cb

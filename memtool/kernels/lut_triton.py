@@ -217,10 +217,24 @@ def _load_params(p0_ptr, p1_ptr, rows, grp, G, pmask, KIND: tl.constexpr, BITS: 
 
 
 @triton.jit
-def _load_words(q_ptr, rows, units, KU, wmask, BITS: tl.constexpr):
-    base = q_ptr + rows.to(tl.int64)[:, None] * (BITS * KU) + units[None, :]
+def _load_words(q_ptr, rows, units, N, KU, wmask, BITS: tl.constexpr, FULL: tl.constexpr):
+    """The q words of [BN rows] x [BU units] from the tile layout (:func:`lut_layout.word_offsets`).
+    FULL (N % 64 == 0 and KU % 4 == 0): every block and tile is whole, so the strides are constants and
+    runs of 4 units are 16-byte vectors."""
+    r = rows % 64
+    b0 = (rows - r).to(tl.int64)
+    ui = units % 4
+    t0 = (units // 4) * 4  # (not units - ui: the compiler must see t0 constant over runs of 4 to vectorize)
+    if FULL:
+        R = 64
+        U = 4
+    else:
+        R = tl.maximum(tl.minimum(N - b0, 64), 1)[:, None]
+        U = tl.maximum(tl.minimum(KU - t0, 4), 1)[None, :]
+    base = q_ptr + b0[:, None] * (BITS * KU) + t0[None, :] * BITS * R + r[:, None] * U + ui[None, :]
+    PS = R * U  # plane stride inside a tile
     w0 = tl.load(base, mask=wmask, other=0)
-    w1 = tl.load(base + KU, mask=wmask, other=0)
+    w1 = tl.load(base + PS, mask=wmask, other=0)
     w2 = w0
     w3 = w0
     w4 = w0
@@ -228,14 +242,14 @@ def _load_words(q_ptr, rows, units, KU, wmask, BITS: tl.constexpr):
     w6 = w0
     w7 = w0
     if BITS > 2:
-        w2 = tl.load(base + 2 * KU, mask=wmask, other=0)
+        w2 = tl.load(base + 2 * PS, mask=wmask, other=0)
     if BITS > 3:
-        w3 = tl.load(base + 3 * KU, mask=wmask, other=0)
+        w3 = tl.load(base + 3 * PS, mask=wmask, other=0)
     if BITS > 4:
-        w4 = tl.load(base + 4 * KU, mask=wmask, other=0)
-        w5 = tl.load(base + 5 * KU, mask=wmask, other=0)
-        w6 = tl.load(base + 6 * KU, mask=wmask, other=0)
-        w7 = tl.load(base + 7 * KU, mask=wmask, other=0)
+        w4 = tl.load(base + 4 * PS, mask=wmask, other=0)
+        w5 = tl.load(base + 5 * PS, mask=wmask, other=0)
+        w6 = tl.load(base + 6 * PS, mask=wmask, other=0)
+        w7 = tl.load(base + 7 * PS, mask=wmask, other=0)
     return w0, w1, w2, w3, w4, w5, w6, w7
 
 
@@ -266,7 +280,7 @@ def _gemv_kernel(
     x_ptr, q_ptr, p0_ptr, p1_ptr, tab_ptr, out_ptr,
     M, N, K, KU, G, GS, UPS, stride_xm, stride_os, TAB_SN, TAB_SG,
     BITS: tl.constexpr, KIND: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BU: tl.constexpr,
-    USE_ASM: tl.constexpr, EVEN: tl.constexpr, XBF16: tl.constexpr, XFULL: tl.constexpr,
+    USE_ASM: tl.constexpr, EVEN: tl.constexpr, XBF16: tl.constexpr, XFULL: tl.constexpr, FULL: tl.constexpr,
 ):  # fmt: skip
     """One activation row (program axis 2) x BN output rows x a K-range of units. All tensors are
     [BN, BU] in one layout (activations are loaded broadcast over rows, two per 32-bit load) so nothing
@@ -283,20 +297,20 @@ def _gemv_kernel(
     # software pipelining: the next tile's words are loaded while this one is decoded
     units = tl.max_contiguous(tl.multiple_of(u_beg + tl.arange(0, BU), BU), BU)
     if EVEN:
-        nmask = rmask[:, None] & (u_beg < u_end)
+        nmask = rmask[:, None] & (tl.full([1, BU], 0, tl.int32) + u_beg < u_end)  # uniform (a tensor: the interpreter needs one)
     else:
         nmask = rmask[:, None] & (units < u_end)[None, :]
-    n0, n1, n2, n3, n4, n5, n6, n7 = _load_words(q_ptr, rows, units, KU, nmask, BITS)
+    n0, n1, n2, n3, n4, n5, n6, n7 = _load_words(q_ptr, rows, units, N, KU, nmask, BITS, FULL)
     for u0 in range(u_beg, u_end, BU):
         w0, w1, w2, w3, w4, w5, w6, w7 = n0, n1, n2, n3, n4, n5, n6, n7
         units = tl.max_contiguous(tl.multiple_of(u0 + tl.arange(0, BU), BU), BU)
         if EVEN:
             wmask = rmask[:, None]
-            nmask = rmask[:, None] & (u0 + BU < u_end)
+            nmask = rmask[:, None] & (tl.full([1, BU], 0, tl.int32) + u0 + BU < u_end)
         else:
             wmask = rmask[:, None] & (units < u_end)[None, :]
             nmask = rmask[:, None] & (units + BU < u_end)[None, :]
-        n0, n1, n2, n3, n4, n5, n6, n7 = _load_words(q_ptr, rows, units + BU, KU, nmask, BITS)
+        n0, n1, n2, n3, n4, n5, n6, n7 = _load_words(q_ptr, rows, units + BU, N, KU, nmask, BITS, FULL)
         grp = (units * 32) // GS
         pmask = wmask & (grp < G)[None, :]
         s, b, a0, a1, a2, a3, a4, a5, a6, a7, tbase = _load_params(
@@ -407,7 +421,7 @@ def _dot_kernel(
     x_ptr, q_ptr, p0_ptr, p1_ptr, tab_ptr, perm_ptr, out_ptr,
     M, N, K, KU, G, GS, UPS, stride_xm, stride_os, TAB_SN, TAB_SG,
     BITS: tl.constexpr, KIND: tl.constexpr, BM: tl.constexpr, BN: tl.constexpr, BU: tl.constexpr,
-    DT: tl.constexpr, USE_ASM: tl.constexpr, F32_DOT: tl.constexpr,
+    DT: tl.constexpr, USE_ASM: tl.constexpr, F32_DOT: tl.constexpr, FULL: tl.constexpr,
 ):  # fmt: skip
     """BM activation rows x BN output rows x a K-range of units, tensor cores. Every tile (BU units) lies
     in one group (BU * 32 divides the group size, or there is one group), so the exact code / table /
@@ -427,11 +441,11 @@ def _dot_kernel(
     u_end = tl.minimum(u_beg + UPS, KU)
     ones = tl.full([BN, BK], 1.0, DT)
     units = tl.max_contiguous(tl.multiple_of(u_beg + tl.arange(0, BU), BU), BU)
-    n0, n1, n2, n3, n4, n5, n6, n7 = _load_words(q_ptr, rows, units, KU, rmask[:, None] & (units < u_end)[None, :], BITS)
+    n0, n1, n2, n3, n4, n5, n6, n7 = _load_words(q_ptr, rows, units, N, KU, rmask[:, None] & (units < u_end)[None, :], BITS, FULL)
     for u0 in range(u_beg, u_end, BU):
         w0, w1, w2, w3, w4, w5, w6, w7 = n0, n1, n2, n3, n4, n5, n6, n7
         units = tl.max_contiguous(tl.multiple_of(u0 + BU + tl.arange(0, BU), BU), BU)
-        n0, n1, n2, n3, n4, n5, n6, n7 = _load_words(q_ptr, rows, units, KU, rmask[:, None] & (units < u_end)[None, :], BITS)
+        n0, n1, n2, n3, n4, n5, n6, n7 = _load_words(q_ptr, rows, units, N, KU, rmask[:, None] & (units < u_end)[None, :], BITS, FULL)
         xk = u0 * 32 + kk
         xt = tl.load(xrow + xk[None, :], mask=mmask[:, None] & (xk < u_end * 32)[None, :], other=0.0)  # prepped
         if F32_DOT:
@@ -514,7 +528,7 @@ def _perm_tensor(bits: int, device) -> torch.Tensor:
 
 @dataclass(frozen=True)
 class Config:
-    path: str  # "gemv" | "dot"
+    path: str  # "fast" (affine GEMV, lut_gemv.py) | "gemv" | "dot"
     bm: int
     bn: int
     bu: int
@@ -543,6 +557,12 @@ def candidates(m: int, n: int, k: int, w: LutWeight, device) -> list[Config]:
     ku = lut_layout.num_units(k)
     sms = _sm_count(device)
     out = []
+    if w.kind == "affine" and m <= 8:
+        # fast GEMV (lut_gemv.py): tiles of BN rows x 4 units, pipelined loads; measured best on an H200 first
+        for bn, nw, st, waves in ((256, 4, 3, 4.0), (256, 4, 3, 2.0), (256, 4, 3, 8.0), (256, 4, 2, 4.0),
+                                  (256, 4, 2, 8.0), (128, 4, 3, 4.0)):  # fmt: skip
+            blocks = -(-n // bn) * m
+            out.append(Config("fast", 1, bn, 4, _split_for(blocks, ku, 4, sms, waves), nw, st))
     if m <= 16:
         # BU=16/32: 64-128 contiguous bytes per row and plane per iteration (longer DRAM bursts)
         for bn, bu, nw in ((128, 8, 4), (256, 8, 8), (256, 8, 4), (64, 8, 4), (64, 16, 4), (32, 32, 4)):
@@ -594,7 +614,11 @@ def launch(x2: torch.Tensor, w: LutWeight, cfg: Config, out: Optional[torch.Tens
     grid = (triton.cdiv(n, cfg.bn), split, triton.cdiv(m, cfg.bm))
     common = dict(M=m, N=n, K=k, KU=ku, G=w.groups, GS=w.group_size, UPS=ups, stride_xm=x2.stride(0),
                   stride_os=m * n, TAB_SN=tsn, TAB_SG=tsg, BITS=w.bits, KIND=kind, BM=cfg.bm, BN=cfg.bn,
-                  BU=bu, USE_ASM=not interp, num_warps=cfg.num_warps)  # fmt: skip
+                  BU=bu, USE_ASM=not interp, FULL=n % 64 == 0 and ku % 4 == 0, num_warps=cfg.num_warps)  # fmt: skip
+    if cfg.path == "fast":
+        from memtool.kernels.lut_gemv import launch_affine
+
+        return launch_affine(x2, w, cfg.bn, cfg.bu, cfg.split, cfg.num_warps, cfg.num_stages, out=out)
     if cfg.path == "gemv":
         common["BM"] = 1
         grid = (triton.cdiv(n, cfg.bn), split, m)

@@ -35,7 +35,7 @@ def test_half_precisions():
 def test_rows_chunking(monkeypatch):
     import memtool.kernels.lut_cpu as C
 
-    monkeypatch.setattr(C, "CHUNK_ROWS", 7)
-    w = rand_weight("bcq", 2, 30, 64, 32, seed=4)
+    monkeypatch.setattr(C, "CHUNK_ROWS", 100)  # -> chunks of 64 rows (whole blocks of the tile layout)
+    w = rand_weight("bcq", 2, 150, 64, 32, seed=4)
     x = torch.randn(3, 64)
     assert rel_err(lut_matmul_cpu(x, w), lut_matmul_f64(x, w)) < 1e-6

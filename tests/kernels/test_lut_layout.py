@@ -35,11 +35,11 @@ def test_fields_cover_every_bit_once(bits):
 def test_pair_decode_matches_layout(bits):
     """The shift+mask pair decode the kernels use gives codes (lo, hi) in the two 16-bit halves."""
     codes = torch.randint(0, 2**bits, (3, 64), dtype=torch.uint8)
-    q = L.pack_codes(codes, bits).to(torch.int64) & 0xFFFFFFFF
     ku = L.num_units(64)
+    q = L.pack_codes(codes, bits).view(-1)[L.word_offsets(3, bits, ku)].to(torch.int64) & 0xFFFFFFFF
     m = (1 << bits) - 1
     for u in range(2):
-        words = [q[:, p * ku + u] for p in range(bits)]
+        words = [q[:, p, u] for p in range(bits)]
         for word, shift, lo, hi in L.pair_slots(bits):
             if word < 0:  # 3-bit codes 30/31, bit-sliced over the three words
                 v = ((words[0] >> 15) & 0x10001) | ((words[1] >> 14) & 0x20002) | ((words[2] >> 13) & 0x40004)
@@ -47,6 +47,27 @@ def test_pair_decode_matches_layout(bits):
                 v = (words[word] >> shift) & (m | m << 16)
             assert torch.equal(v & 0xFFFF, codes[:, 32 * u + lo].long())
             assert torch.equal(v >> 16, codes[:, 32 * u + hi].long())
+
+
+@pytest.mark.parametrize("n,ku", [(1, 1), (64, 4), (65, 5), (130, 9), (200, 3)])
+def test_word_offsets_is_a_tiling(n, ku):
+    bits = 3
+    off = L.word_offsets(n, bits, ku)
+    assert torch.equal(off.view(-1).sort().values, torch.arange(n * bits * ku))  # a permutation: no gap, no overlap
+    # each block of 64 rows keeps the memory its rows would have in a row-major layout
+    block = off // (64 * bits * ku)
+    assert torch.equal(block, (torch.arange(n) // 64)[:, None, None].expand_as(block))
+    # inside a full tile (64 rows x 4 units) one plane is one contiguous run of 256 words
+    if n >= 64 and ku >= 4:
+        run = off[:64, 1, :4].reshape(-1)
+        assert torch.equal(run, run[0] + torch.arange(256))
+
+
+def test_row_slices_on_block_boundaries_are_packed_weights():
+    codes = torch.randint(0, 8, (150, 200), dtype=torch.uint8)
+    q = L.pack_codes(codes, 3)
+    for r0, r1 in ((0, 64), (64, 150), (128, 150)):
+        assert torch.equal(L.unpack_codes(q[r0:r1], 3, 200), codes[r0:r1])
 
 
 def test_exact_bits_per_weight():
