@@ -277,7 +277,10 @@ _COUNTERS: dict = {}
 
 
 def _counters(device, n: int) -> torch.Tensor:
-    """Zeroed int32 split-K counters for the current stream (every launch leaves them at 0 again)."""
+    """Zeroed int32 split-K counters. Outside graph capture: one buffer per (device, stream), left at 0 by
+    every launch. While a CUDA graph is captured: a fresh zeroed buffer, so the graph zeroes its own."""
+    if device.type == "cuda" and torch.cuda.is_current_stream_capturing():
+        return torch.zeros(n, dtype=torch.int32, device=device)
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     key = (str(device), stream)
     t = _COUNTERS.get(key)
