@@ -93,7 +93,11 @@ def main():
     ap.add_argument("--step", default="all", choices=["all", "write", "quantize"])
     ap.add_argument("--device", default="cuda")
     ap.add_argument("--small", action="store_true", help="a 4-layer 256-wide model (smoke test of the script)")
+    ap.add_argument("--medium", action="store_true", help="a 2048-wide 8-layer model (RSS checks on a CPU)")
     a = ap.parse_args()
+    if a.medium:
+        CONFIG.update(hidden_size=2048, intermediate_size=5504, num_hidden_layers=8, num_attention_heads=16,
+                      num_key_value_heads=16)  # fmt: skip
     if a.small:
         CONFIG.update(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                       num_key_value_heads=4, vocab_size=1000)  # fmt: skip
@@ -106,7 +110,8 @@ def main():
     t0 = time.time()
     if not os.path.exists(os.path.join(a.dir, "model.safetensors.index.json")):
         subprocess.run([sys.executable, __file__, "--dir", a.dir, "--shard-gib", str(a.shard_gib), "--step", "write",
-                        "--device", a.device] + (["--small"] if a.small else []), check=True)  # fmt: skip
+                        "--device", a.device] + (["--small"] if a.small else []) + (["--medium"] if a.medium else []),
+                       check=True)  # fmt: skip
     print(f"checkpoint ready in {time.time() - t0:.0f}s", flush=True)
     r = subprocess.run([sys.executable, __file__, "--dir", a.dir, "--bits", str(a.bits), "--step", "quantize",
                         "--device", a.device], capture_output=True, text=True)  # fmt: skip

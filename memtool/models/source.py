@@ -1,7 +1,9 @@
 """Stream tensors out of a safetensors checkpoint shard by shard, tensor by tensor.
 
-``TensorSource(ref).iter_tensors()`` maps one shard at a time (safetensors ``safe_open``) and copies out one
-tensor at a time, so a checkpoint larger than RAM is processed with peak memory about one shard.
+``TensorSource(ref).iter_tensors()`` reads one tensor at a time with plain file reads (offsets from the
+validated header) into memory the tensor owns: no memory map, so the resident set holds the current tensor,
+not the pages of the shard it came from (a mapped 4 GiB shard counts fully in RSS once read; measured on a
+7B-shaped checkpoint: 12 GiB peak RSS with ``safe_open``). Unknown dtypes fall back to ``safe_open``.
 """
 
 from __future__ import annotations
@@ -17,6 +19,12 @@ import torch
 from memtool.errors import UsageError
 
 PICKLE_SUFFIXES = (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+DTYPES = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+          "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+          "BOOL": torch.bool}  # fmt: skip
+for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
+    if hasattr(torch, _attr):
+        DTYPES[_name] = getattr(torch, _attr)
 
 
 def check_safetensors(path: Path) -> dict:
@@ -37,6 +45,11 @@ def check_safetensors(path: Path) -> dict:
     if 8 + n + end > size:
         raise UsageError(f"truncated safetensors file ({size} bytes, header needs {8 + n + end}): {path}")
     return header
+
+
+def _data_start(path: Path) -> int:
+    with open(path, "rb") as f:
+        return 8 + struct.unpack("<Q", f.read(8))[0]
 
 
 def safetensors_files(model_dir: Path) -> list[Path]:
@@ -64,6 +77,7 @@ class TensorSource:
         if not self.shards:
             raise UsageError(f"no safetensors weights in {self.path}")
         self.headers = {s: check_safetensors(s) for s in self.shards}
+        self._data_start = {s: _data_start(s) for s in self.shards}
 
     def names(self) -> list[str]:
         return [k for h in self.headers.values() for k in h if k != "__metadata__"]
@@ -77,24 +91,38 @@ class TensorSource:
     def nbytes(self) -> int:
         return sum(s.stat().st_size for s in self.shards)
 
-    def iter_shards(self) -> Iterator[tuple[Path, Iterator[tuple[str, torch.Tensor]]]]:
-        from safetensors import safe_open
+    def _read(self, f, shard: Path, name: str) -> torch.Tensor:
+        """One tensor of an open shard file, read into memory it owns."""
+        info = self.headers[shard][name]
+        dt = DTYPES.get(info["dtype"])
+        if dt is None:  # exotic dtype: let safetensors decode it
+            from safetensors import safe_open
 
+            with safe_open(str(shard), framework="pt") as g:
+                return g.get_tensor(name)
+        start, end = info["data_offsets"]
+        f.seek(self._data_start[shard] + start)
+        buf = torch.empty(end - start, dtype=torch.uint8)
+        if end > start and f.readinto(memoryview(buf.numpy())) != end - start:
+            raise UsageError(f"truncated safetensors file while reading {name}: {shard}")
+        return buf.view(dt).reshape(info["shape"])
+
+    def iter_shards(self) -> Iterator[tuple[Path, Iterator[tuple[str, torch.Tensor]]]]:
         for shard in self.shards:
-            with safe_open(str(shard), framework="pt") as f:
-                yield shard, ((k, f.get_tensor(k)) for k in f.keys())
+            with open(shard, "rb", buffering=0) as f:
+                names = sorted((k for k in self.headers[shard] if k != "__metadata__"),
+                               key=lambda k: self.headers[shard][k]["data_offsets"][0])  # fmt: skip
+                yield shard, ((k, self._read(f, shard, k)) for k in names)
 
     def iter_tensors(self) -> Iterator[tuple[str, torch.Tensor]]:
         for _, tensors in self.iter_shards():
             yield from tensors
 
     def get_tensor(self, name: str) -> torch.Tensor:
-        from safetensors import safe_open
-
         for shard, h in self.headers.items():
             if name in h:
-                with safe_open(str(shard), framework="pt") as f:
-                    return f.get_tensor(name)
+                with open(shard, "rb", buffering=0) as f:
+                    return self._read(f, shard, name)
         raise KeyError(name)
 
     def sha256(self) -> str:
