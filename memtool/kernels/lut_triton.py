@@ -1,8 +1,10 @@
 """Triton kernels for ``y = x @ W^T`` with W a :class:`~memtool.kernels.lut_types.LutWeight`.
 
-Two kernels, both reading the packed words of :mod:`memtool.kernels.lut_layout` (plane-major rows, 16-byte
-vector loads of consecutive units) and decoding in registers, fp32 accumulation:
+Three paths read the packed words of :mod:`memtool.kernels.lut_layout` (tile layout: a block of 64 rows x 4
+units of one plane is one contiguous run; 16-byte vector loads) and decode in registers, fp32 accumulation:
 
+* ``fast`` (affine weights, small M; :mod:`memtool.kernels.lut_gemv`): one ``lop3`` per code into an fp32
+  mantissa, no converts; the first choice at M=1 (2.0-2.2x cuBLAS fp16 on an H200 at 3 bits).
 * ``_gemv_kernel`` (small M, no tensor cores; one program per activation row x BN output rows x a K-range
   of units). Split-K partial sums go to an fp32 ``[S, M, N]`` buffer that ``_reduce_kernel`` adds up
   (deterministic). Per word, one shift + one AND/OR put two codes into the two fp16 halves of
@@ -24,8 +26,9 @@ On the GPU the fp16 halves are split with ``tl.inline_asm_elementwise`` (``mov.b
 ``cvt``/``sub.f16x2``); under ``TRITON_INTERPRET=1`` (tests) a pure-integer decode computes the same
 values and everything is upcast to fp32 right after loading (the interpreter mishandles bf16).
 
-Launch configurations are chosen per shape by timing the candidates on the first call on a GPU
-(``MEMTOOL_LUT_TUNE=0``: the first candidate that compiles); the choice is cached in-process.
+Launch configurations are chosen per shape by timing the candidates on the first call on a GPU, each in a
+CUDA graph (GPU time only; ``MEMTOOL_LUT_TUNE=0``: the first candidate that compiles; inside someone else's
+graph capture: the first candidate, tuned later); the choice is cached in-process.
 Measured numbers and the known gaps: docs/bench/lut_kernels.md.
 """
 
