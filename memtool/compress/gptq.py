@@ -10,6 +10,13 @@ enters it, from the current, error-updated weights of all its columns (``static_
 the original weights before the sweep). Each column is then rounded to the nearest entry of its group's table.
 ``act_order`` sweeps columns by decreasing Hessian diagonal; the groups (and so the codes' layout) do not
 change, so no ``g_idx`` is needed.
+
+``refit`` (uniform tables): once all codes are fixed, each row's group parameters are re-solved by least squares
+on the layer output error: with the codes c fixed, ``Wq`` is linear in the parameters (``w = s * c + b`` per group
+for ``"affine"``, ``w = s * (c - zero)`` with the integer zero kept for ``"scale"``), so the parameters minimizing
+``(w - wq) H (w - wq)^T`` of a row solve a small linear system (2G or G unknowns, all the row's groups jointly).
+A row keeps its refit only if that error goes down. ``"affine"`` makes the zero points non-integer, which the
+GPTQ checkpoint export (memtool.compress.gptq_export) refuses; ``"scale"`` keeps them exportable.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from memtool.compress.lut import LutConfig, LutQuantized, fit_group_params, params_to_lut, quantize_weight
-from memtool.compress.lut_common import nearest_sorted, sort_lut
+from memtool.compress.lut_common import nearest_codes, nearest_sorted, sort_lut
 from memtool.errors import MemtoolError, UsageError
 
 
@@ -35,12 +42,16 @@ class GptqConfig:
     act_order: bool = True
     static_groups: bool = False
     clip_steps: int | None = 16
+    refit: str | None = None
+    clip_weighted: bool = False
 
     def __post_init__(self):
         if not (0 <= self.damp < 1):
             raise UsageError(f"damp must be in [0, 1), got {self.damp!r}")
         if self.block_size < 1:
             raise UsageError(f"block size must be positive, got {self.block_size!r}")
+        if self.refit not in (None, "scale", "affine"):
+            raise UsageError(f"refit must be None, 'scale' or 'affine', got {self.refit!r}")
 
 
 def _hinv_upper(H: torch.Tensor, damp: float) -> torch.Tensor:
@@ -58,6 +69,73 @@ def _hinv_upper(H: torch.Tensor, damp: float) -> torch.Tensor:
     raise MemtoolError("the layer Hessian is not positive definite even with heavy dampening")
 
 
+def refit_uniform(w: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, H: torch.Tensor,
+                  group_size: int, mode: str = "affine") -> tuple[torch.Tensor, torch.Tensor]:
+    """Least-squares uniform parameters for fixed ``codes [N, K]``: minimize ``(w - wq) H (w - wq)^T`` per row.
+
+    ``mode="affine"``: ``wq = s * c + b`` per group (2G unknowns per row; returned as ``scale = s``,
+    ``zero = -b / s``); ``"scale"``: ``wq = s * (c - zero)`` with ``zero`` kept (G unknowns). Solved in float64
+    with a tiny ridge toward the given parameters; a row keeps its new parameters only if its error decreases and
+    every scale stays positive. Returns ``(scale, zero) [N, G]`` in ``scale``'s dtype.
+    """
+    N, K = w.shape
+    G = scale.shape[1]
+    g = K if group_size == -1 else group_size
+    f64 = torch.float64
+    pad = G * g - K  # ragged last group: pad with zero columns (zero Hessian rows add nothing)
+    Hp = torch.nn.functional.pad(H.to(f64), (0, pad, 0, pad)).reshape(G, g, G, g)
+    wp = torch.nn.functional.pad(w.to(f64), (0, pad)).reshape(N, G, g)
+    c = torch.nn.functional.pad(codes.to(f64), (0, pad)).reshape(N, G, g)
+    s0, z0 = scale.to(f64), zero.to(f64)
+    if mode == "affine":  # basis of each group's values: the codes and a constant
+        real = torch.nn.functional.pad(torch.ones(K, dtype=f64, device=w.device), (0, pad)).reshape(G, g)
+        B = torch.stack([c, real.expand(N, G, g)], -1)
+        theta0 = torch.stack([s0, -s0 * z0], -1)
+    else:
+        B = (c - z0[..., None])[..., None]
+        theta0 = s0[..., None]
+    m = B.shape[-1]
+    gram = torch.empty(N, G, m, G, m, dtype=f64, device=w.device)
+    for k in range(G):  # gram[n, k, a, l, b] = sum_ij B[n,k,i,a] H[k,i,l,j] B[n,l,j,b]
+        T = torch.einsum("nia,ilj->nalj", B[:, k], Hp[k])
+        gram[:, k] = torch.einsum("nalj,nljb->nalb", T, B)
+    rhs = torch.einsum("nkia,nki->nka", B, torch.einsum("nlj,ljki->nki", wp, Hp))
+    P = G * m
+    gram, rhs, theta0 = gram.reshape(N, P, P), rhs.reshape(N, P), theta0.reshape(N, P)
+    # a tiny ridge toward the current parameters keeps degenerate groups (e.g. a single code used) where they are
+    lam = 1e-8 * gram.diagonal(dim1=1, dim2=2).mean(-1).clamp(min=1e-30)[:, None]
+    eye = torch.eye(P, dtype=f64, device=w.device)
+    theta = torch.linalg.solve(gram + lam[..., None] * eye, rhs + lam * theta0)
+
+    def err(t):  # (w - wq) H (w - wq)^T up to the constant w H w^T
+        return (t * (gram @ t[..., None])[..., 0]).sum(-1) - 2 * (t * rhs).sum(-1)
+
+    theta, theta0 = theta.reshape(N, G, m), theta0.reshape(N, G, m)
+    ok = err(theta.reshape(N, P)) < err(theta0.reshape(N, P))
+    ok &= (theta[..., 0] > 0).all(-1) & theta.reshape(N, P).isfinite().all(-1)
+    s = torch.where(ok[:, None], theta[..., 0], s0)
+    z = torch.where(ok[:, None], -theta[..., 1] / theta[..., 0], z0) if mode == "affine" else z0
+    return s.to(scale.dtype), z.to(scale.dtype)
+
+
+def weighted_clip_fit(x: torch.Tensor, d: torch.Tensor, cfg: LutConfig) -> dict[str, torch.Tensor]:
+    """The clip search of ``fit_group_params`` for one group ``x [N, g]`` (uniform, nf), each column's squared
+    error weighted by ``d [g]`` (the Hessian diagonal: its input's mean square). Returns the params ([N, 1])."""
+    plain = replace(cfg, clip_steps=0)
+    best, best_e = None, None
+    for j in range(max(cfg.clip_steps, 1)):
+        p, _ = fit_group_params((x * (1 - 0.025 * j))[:, None], None, plain)
+        lut = params_to_lut(cfg.method, p, cfg.bits)
+        e = ((lut.gather(-1, nearest_codes(x[:, None], lut)) - x[:, None]) ** 2 * d).sum(-1)
+        if best is None:
+            best, best_e = p, e
+            continue
+        take = e < best_e
+        best_e = torch.where(take, e, best_e)
+        best = {k: v if k == "table" else torch.where(take, p[k], v) for k, v in best.items()}
+    return best
+
+
 def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: LutConfig, gcfg: GptqConfig | None = None,
                   compute_dtype: torch.dtype = torch.float32) -> LutQuantized:
     """Quantize ``w [N, K]`` with error feedback through ``H [K, K]``; returns the codes and fitted tables."""
@@ -73,6 +151,7 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: LutConfig, gcfg: GptqCo
     dead = H.diagonal() == 0
     H[dead, dead] = 1
     W[:, dead] = 0
+    W0, H0 = W.clone(), H.clone()
 
     g = K if cfg.group_size == -1 else cfg.group_size
     G = -(-K // g)
@@ -88,7 +167,10 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: LutConfig, gcfg: GptqCo
     params: list[dict | None] = [None] * G
 
     def fit(k: int, cur: torch.Tensor) -> None:
-        p, _ = fit_group_params(cur[:, None, :], None, cfg)
+        if gcfg.clip_weighted and cfg.method != "bcq":
+            p = weighted_clip_fit(cur, H0.diagonal()[k * g:(k + 1) * g], cfg)
+        else:
+            p, _ = fit_group_params(cur[:, None, :], None, cfg)
         params[k] = p
         luts[k] = sort_lut(params_to_lut(cfg.method, p, cfg.bits)[:, 0])  # [N, L] sorted, codes, midpoints
 
@@ -131,6 +213,10 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: LutConfig, gcfg: GptqCo
             out[name] = params[0][name]
         else:
             out[name] = torch.cat([p[name] for p in params], dim=1)
+    if gcfg.refit is not None and cfg.method == "uniform":
+        H0 += gcfg.damp * H0.diagonal().mean() * torch.eye(K, dtype=H0.dtype, device=dev)
+        out["scale"], out["zero"] = refit_uniform(W0, codes, out["scale"], out["zero"], H0, cfg.group_size,
+                                                  gcfg.refit)
     return LutQuantized(codes.to(torch.uint8).contiguous(), cfg.bits, cfg.group_size, cfg.method, **out)
 
 

@@ -32,7 +32,7 @@ import triton
 import triton.language as tl
 
 from memtool.kernels import lut_layout
-from memtool.kernels.lut_triton import _load_words, _sel
+from memtool.kernels.lut_triton import _load_words, _sel, _tile_words
 
 LO_TARGET = 12  # lowest mantissa bit a code may land on (precision floor, see module doc)
 FIELD_BITS = 20  # one field of a slot's plan: word(3) | rot(5) << 3 | shift(5) << 8 | width(4) << 13
@@ -227,20 +227,11 @@ def _gemv_affine_kernel(
     u_beg = pid_s * UPS
     u_end = tl.minimum(u_beg + UPS, KU)
     if STAGES == 0:
-        units = tl.max_contiguous(tl.multiple_of(u_beg + tl.arange(0, BU), BU), BU)
-        if EVEN:
-            nmask = rmask[:, None] & (tl.full([1, BU], 0, tl.int32) + u_beg < u_end)  # uniform (a tensor: the interpreter needs one)
-        else:
-            nmask = rmask[:, None] & (units < u_end)[None, :]
-        n0, n1, n2, n3, n4, n5, n6, n7 = _load_words(q_ptr, rows, units, N, KU, nmask, BITS, FULL)
+        n0, n1, n2, n3, n4, n5, n6, n7 = _tile_words(q_ptr, rows, rmask, u_beg, u_end, N, KU, BITS, FULL, EVEN, BU)
         for u0 in range(u_beg, u_end, BU):
             w0, w1, w2, w3, w4, w5, w6, w7 = n0, n1, n2, n3, n4, n5, n6, n7
-            units = tl.max_contiguous(tl.multiple_of(u0 + BU + tl.arange(0, BU), BU), BU)
-            if EVEN:
-                nmask = rmask[:, None] & (tl.full([1, BU], 0, tl.int32) + u0 + BU < u_end)
-            else:
-                nmask = rmask[:, None] & (units < u_end)[None, :]
-            n0, n1, n2, n3, n4, n5, n6, n7 = _load_words(q_ptr, rows, units, N, KU, nmask, BITS, FULL)
+            n0, n1, n2, n3, n4, n5, n6, n7 = _tile_words(q_ptr, rows, rmask, u0 + BU, u_end, N, KU, BITS, FULL, EVEN,
+                                                         BU)  # fmt: skip
             acc = _tile_update(acc, w0, w1, w2, w3, w4, w5, w6, w7, u0, u_end, rows, rmask, xrow, xbrow, xsrow,
                                s_ptr, b_ptr, G, GS, magic, BN, BU, ONE_GROUP, EVEN, FIELDS, TGTS)  # fmt: skip
     else:

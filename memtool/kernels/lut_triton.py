@@ -256,6 +256,19 @@ def _load_words(q_ptr, rows, units, N, KU, wmask, BITS: tl.constexpr, FULL: tl.c
     return w0, w1, w2, w3, w4, w5, w6, w7
 
 
+@triton.jit
+def _tile_words(q_ptr, rows, rmask, u0, u_end, N, KU, BITS: tl.constexpr, FULL: tl.constexpr, EVEN: tl.constexpr,
+                BU: tl.constexpr):  # fmt: skip
+    """The words of the BU-unit tile starting at u0, zeros past u_end. EVEN: the tile is whole or entirely
+    past u_end (the uniform mask is still a tensor: the interpreter needs one)."""
+    units = tl.max_contiguous(tl.multiple_of(u0 + tl.arange(0, BU), BU), BU)
+    if EVEN:
+        mask = rmask[:, None] & (tl.full([1, BU], 0, tl.int32) + u0 < u_end)
+    else:
+        mask = rmask[:, None] & (units < u_end)[None, :]
+    return _load_words(q_ptr, rows, units, N, KU, mask, BITS, FULL)
+
+
 # ------------------------------------------------------------------------------------------------- GEMV
 @triton.jit
 def _x_pair(xw, XBF16: tl.constexpr, USE_ASM: tl.constexpr):
@@ -298,22 +311,15 @@ def _gemv_kernel(
     u_beg = pid_s * UPS
     u_end = tl.minimum(u_beg + UPS, KU)
     # software pipelining: the next tile's words are loaded while this one is decoded
-    units = tl.max_contiguous(tl.multiple_of(u_beg + tl.arange(0, BU), BU), BU)
-    if EVEN:
-        nmask = rmask[:, None] & (tl.full([1, BU], 0, tl.int32) + u_beg < u_end)  # uniform (a tensor: the interpreter needs one)
-    else:
-        nmask = rmask[:, None] & (units < u_end)[None, :]
-    n0, n1, n2, n3, n4, n5, n6, n7 = _load_words(q_ptr, rows, units, N, KU, nmask, BITS, FULL)
+    n0, n1, n2, n3, n4, n5, n6, n7 = _tile_words(q_ptr, rows, rmask, u_beg, u_end, N, KU, BITS, FULL, EVEN, BU)
     for u0 in range(u_beg, u_end, BU):
         w0, w1, w2, w3, w4, w5, w6, w7 = n0, n1, n2, n3, n4, n5, n6, n7
         units = tl.max_contiguous(tl.multiple_of(u0 + tl.arange(0, BU), BU), BU)
         if EVEN:
             wmask = rmask[:, None]
-            nmask = rmask[:, None] & (tl.full([1, BU], 0, tl.int32) + u0 + BU < u_end)
         else:
             wmask = rmask[:, None] & (units < u_end)[None, :]
-            nmask = rmask[:, None] & (units + BU < u_end)[None, :]
-        n0, n1, n2, n3, n4, n5, n6, n7 = _load_words(q_ptr, rows, units + BU, N, KU, nmask, BITS, FULL)
+        n0, n1, n2, n3, n4, n5, n6, n7 = _tile_words(q_ptr, rows, rmask, u0 + BU, u_end, N, KU, BITS, FULL, EVEN, BU)
         grp = (units * 32) // GS
         pmask = wmask & (grp < G)[None, :]
         s, b, a0, a1, a2, a3, a4, a5, a6, a7, tbase = _load_params(

@@ -122,3 +122,73 @@ def test_awq_fold_preserves_the_block():
         out = model(input_ids=ids).logits
     torch.testing.assert_close(out, ref, rtol=1e-4, atol=1e-4)  # scales folded exactly
     assert not torch.equal(hess["mlp.down_proj"], before["mlp.down_proj"])
+
+
+@pytest.mark.parametrize("mode", ["affine", "scale"])
+def test_refit_is_the_least_squares_solution(layer, mode):
+    """The refit equals the float64 closed form per row, (A^T H A)^-1 A^T H w with A the row's code basis."""
+    from memtool.compress.gptq import refit_uniform
+
+    W, X, H = layer
+    cfg = LutConfig(3, 64, "uniform")  # K = 200: groups of 64, 64, 64, 8
+    q = gptq_quantize(W, H, cfg, GptqConfig(), compute_dtype=torch.float64)
+    s, z = refit_uniform(W, q.codes.long(), q.scale, q.zero, H, 64, mode)
+    N, K = W.shape
+    gid = torch.arange(K) // 64
+    onehot = torch.nn.functional.one_hot(gid, 4).double()  # [K, G]
+    c = q.codes.double()
+    for n in range(N):
+        if mode == "affine":
+            A = torch.cat([c[n, :, None] * onehot, onehot], 1)  # columns: s_1..s_G, b_1..b_G
+        else:
+            A = (c[n, :, None] - q.zero[n, gid, None]) * onehot
+        theta = torch.linalg.solve(A.T @ H @ A, A.T @ H @ W[n])
+        torch.testing.assert_close(s[n], theta[:4], rtol=1e-5, atol=1e-7)
+        if mode == "affine":
+            torch.testing.assert_close(-s[n] * z[n], theta[4:], rtol=1e-5, atol=1e-7)
+    if mode == "scale":
+        assert torch.equal(z, q.zero)  # integer zero points kept (GPTQ-exportable)
+    refit = quantize_weight(W, cfg, torch.float64)  # same layout, then the refit parameters and GPTQ's codes
+    refit.codes, refit.scale, refit.zero = q.codes, s, z
+    wq0, wq1 = q.dequantize(), refit.dequantize()
+    e0 = (((W - wq0) @ H) * (W - wq0)).sum(1)
+    e1 = (((W - wq1) @ H) * (W - wq1)).sum(1)
+    assert (e1 <= e0 * (1 + 1e-12)).all() and e1.sum() < 0.97 * e0.sum()
+    q2 = gptq_quantize(W, H, cfg, GptqConfig(refit=mode, damp=0.0), compute_dtype=torch.float64)
+    assert output_error(W, q2.dequantize(), H) < output_error(W, gptq_quantize(
+        W, H, cfg, GptqConfig(damp=0.0), compute_dtype=torch.float64).dequantize(), H)
+
+
+def test_refit_keeps_degenerate_groups():
+    """A group with one distinct code (or a row that would need a negative scale) keeps finite parameters."""
+    from memtool.compress.gptq import refit_uniform
+
+    gen = torch.Generator().manual_seed(1)
+    W = torch.randn(4, 64, generator=gen, dtype=torch.float64)
+    W[0, :32] = 0.5  # constant group: every code equal
+    X = torch.randn(256, 64, generator=gen, dtype=torch.float64)
+    q = quantize_weight(W, LutConfig(4, 32), torch.float64)
+    s, z = refit_uniform(W, q.codes.long(), q.scale, q.zero, X.T @ X, 32, "affine")
+    assert s.isfinite().all() and z.isfinite().all() and (s > 0).all()
+
+
+def test_weighted_clip_fit():
+    from memtool.compress.gptq import weighted_clip_fit
+    from memtool.compress.lut import fit_group_params, params_to_lut
+
+    gen = torch.Generator().manual_seed(2)
+    x = torch.randn(32, 64, generator=gen, dtype=torch.float64) * torch.exp(torch.randn(64, generator=gen))
+    cfg = LutConfig(3, 64, "uniform", clip_steps=16)
+    ref, _ = fit_group_params(x[:, None], None, cfg)  # unweighted clip search
+    p = weighted_clip_fit(x, torch.ones(64, dtype=torch.float64), cfg)
+    torch.testing.assert_close(p["scale"], ref["scale"])
+    torch.testing.assert_close(p["zero"], ref["zero"])
+    d = torch.exp(2 * torch.randn(64, generator=gen, dtype=torch.float64))
+
+    def werr(pp):
+        lut = params_to_lut("uniform", pp, 3)
+        from memtool.compress.lut_common import nearest_codes
+        return ((lut.gather(-1, nearest_codes(x[:, None], lut)) - x[:, None]) ** 2 * d).sum(-1)
+
+    pw = weighted_clip_fit(x, d, cfg)
+    assert (werr(pw) <= werr(ref) + 1e-12).all() and werr(pw).sum() < werr(ref).sum()
