@@ -17,7 +17,10 @@ from typing import Any
 import torch
 
 try:
-    from transformers.quantizers import HfQuantizer, register_quantization_config, register_quantizer
+    # submodules, not the package: this may run while ``transformers.quantizers`` itself is being imported
+    # (memtool registers right after ``transformers.quantizers.auto`` executes; see memtool/__init__.py)
+    from transformers.quantizers.auto import register_quantization_config, register_quantizer
+    from transformers.quantizers.base import HfQuantizer
     from transformers.utils.quantization_config import QuantizationConfigMixin
 except ImportError:  # pragma: no cover - an old transformers without third-party registration
     HfQuantizer = None  # type: ignore
