@@ -9,7 +9,8 @@ Groups stay g consecutive input channels (the storage format). A group's table i
 enters it, from the current, error-updated weights of all its columns (``static_groups=True``: fitted once from
 the original weights before the sweep). Each column is then rounded to the nearest entry of its group's table.
 ``act_order`` sweeps columns by decreasing Hessian diagonal; the groups (and so the codes' layout) do not
-change, so no ``g_idx`` is needed.
+change, so no ``g_idx`` is needed. The range (clip) search of a group's fit weights each column's squared error
+by the Hessian diagonal (``clip_weighted``): a column whose input is large costs more to clip.
 
 ``refit`` (uniform tables): once all codes are fixed, each row's group parameters are re-solved by least squares
 on the layer output error: with the codes c fixed, ``Wq`` is linear in the parameters (``w = s * c + b`` per group
@@ -34,7 +35,10 @@ from memtool.errors import MemtoolError, UsageError
 class GptqConfig:
     """``damp``: fraction of the mean Hessian diagonal added to it; ``block_size``: lazy-update block width;
     ``clip_steps``: range-shrink search of the group fits (uniform, nf; see LutConfig), None = the LutConfig's.
-    The defaults (act_order, clip search) gave the best perplexity on the default model (docs/bench/quality.md).
+    ``clip_weighted``: that search weights each column's squared error by the Hessian diagonal (its input's mean
+    square). ``refit``: None, "scale" or "affine" (see the module docstring).
+    The defaults (act_order, Hessian-weighted clip search, scale refit) gave the best perplexity on the default
+    model (docs/bench/quality.md) and keep integer zero points (GPTQ-exportable).
     """
 
     damp: float = 0.01
@@ -42,8 +46,8 @@ class GptqConfig:
     act_order: bool = True
     static_groups: bool = False
     clip_steps: int | None = 16
-    refit: str | None = None
-    clip_weighted: bool = False
+    refit: str | None = "scale"
+    clip_weighted: bool = True
 
     def __post_init__(self):
         if not (0 <= self.damp < 1):
