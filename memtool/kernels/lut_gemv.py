@@ -3,23 +3,25 @@
 Why a second GEMV
 -----------------
 The generic GEMV (:mod:`memtool.kernels.lut_triton`) decodes two codes into fp16 halves and converts each to
-fp32: ~5.7 SASS instructions per weight, issue-bound at ~1.1x cuBLAS fp16. Here every code becomes an fp32
-number with ONE ``lop3`` and no convert:
+fp32: ~5.7 SASS instructions per weight. Here every code becomes an fp32 number with ONE ``lop3`` and no
+convert:
 
-    h = bitcast_f32( (rotl(word, R) & (mask << T)) | ((150 - T) << 23) ) = 2^(23-T) + code   (exact)
+    h = bitcast_f32( (rotl(word, R) & (mask << T)) | 0x3F800000 ) = 1 + code * 2^(T-23)   (exact)
 
-(the code lands in the mantissa at bit ``T``; the exponent makes the mantissa step 1). Then one FMA per
-weight: ``part += h * x``. Per unit (32 codes, inside one group) the epilogue removes the constant part:
-``y += s * (part - xb) + b * xs`` with ``xb = sum_j 2^(23-T_j) x_j`` and ``xs = sum_j x_j`` per unit,
-computed once per activation row by ``_xprep_kernel`` (which also transposes the activations to fp32
-``[32, KU]`` slot-major rows, so every slot is one contiguous vector load shared by all rows of a thread).
+(the code lands in the mantissa at bit ``T``). The activation of the slot comes pre-scaled by ``2^(23-T)``
+(exact: a power of two), so one FMA per weight ``part += h * x'`` adds ``x' + code * x``. Per unit (32 codes,
+inside one group) the epilogue removes the constant part: ``y += s * (part - xb) + b * xs`` with
+``xb = sum_j x'_j`` and ``xs = sum_j x_j`` per unit, computed once per activation row by ``_xprep_kernel``
+(which also lays the activations out as fp32 ``[NT, 32, BU]`` tiles, so every slot is one contiguous vector
+load shared by all rows of a thread). Split-K partial sums are added by the last program of each row block.
 
 Targets ``T`` are kept in ``[12, 23 - bits]`` (precision: the constant part is at most 2^11 times a code
 step, so fp32 keeps >= 12 bits of every product's code part; measured relative error ~1e-4). One rotation of a
 word serves several codes (``decode_plan``): ~2.4 instructions per weight at 3 and 4 bits
 (0.3-0.4 rotations + 1 lop3 + 1 FMA), no shuffles, no shared memory.
 
-Layout: the words of :mod:`memtool.kernels.lut_layout` unchanged (no repacking).
+Layout: the words of :mod:`memtool.kernels.lut_layout` as stored (no repacking). Measured on an H200: 2.0-2.2x
+cuBLAS fp16 at M=1 (docs/bench/lut_kernels.md).
 """
 
 from __future__ import annotations
@@ -32,7 +34,7 @@ import triton
 import triton.language as tl
 
 from memtool.kernels import lut_layout
-from memtool.kernels.lut_triton import _load_words, _sel, _tile_words
+from memtool.kernels.lut_triton import _load_words, _sel, _tile_words, device_table
 
 LO_TARGET = 12  # lowest mantissa bit a code may land on (precision floor, see module doc)
 FIELD_BITS = 20  # one field of a slot's plan: word(3) | rot(5) << 3 | shift(5) << 8 | width(4) << 13
@@ -79,18 +81,15 @@ def decode_plan(bits: int) -> tuple[tuple[tuple[tuple[int, int, int, int], ...],
 
 
 @functools.lru_cache(maxsize=None)
-def plan_constants(bits: int) -> tuple[int, int]:
-    """The plan as two Python ints the kernel unpacks at compile time: FIELDS (3 fields of 20 bits per
-    slot) and TGTS (5 bits per slot)."""
-    fields_c, tgts = 0, 0
-    for j, (fs, t) in enumerate(decode_plan(bits)):
+def plan_fields(bits: int) -> int:
+    """The plan as one Python int the kernel unpacks at compile time: 3 fields of 20 bits per slot."""
+    out = 0
+    for j, (fs, _) in enumerate(decode_plan(bits)):
         if len(fs) > 3:
             raise ValueError("a code split over more than 3 words")
         for i, (word, r, sh, width) in enumerate(fs):
-            f = word | (r << 3) | (sh << 8) | (width << 13)
-            fields_c |= f << (SLOT_BITS * j + FIELD_BITS * i)
-        tgts |= t << (5 * j)
-    return fields_c, tgts
+            out |= (word | (r << 3) | (sh << 8) | (width << 13)) << (SLOT_BITS * j + FIELD_BITS * i)
+    return out
 
 
 def slot_bases(bits: int) -> list[float]:
@@ -134,12 +133,12 @@ def _field(w0, w1, w2, w3, w4, w5, w6, w7, F: tl.constexpr):
 
 
 @triton.jit
-def _slot_f32(w0, w1, w2, w3, w4, w5, w6, w7, magic, J: tl.constexpr, FIELDS: tl.constexpr, TGTS: tl.constexpr):
+def _slot_f32(w0, w1, w2, w3, w4, w5, w6, w7, magic, J: tl.constexpr, FIELDS: tl.constexpr):
     """fp32 ``1 + code * 2^(T-23)`` of unit slot J (see ``decode_plan``); the activation of the slot comes
     pre-scaled by ``2^(23-T)``, so the product is ``x * 2^(23-T) + code * x``. One exponent for every slot
     keeps one constant per ``lop3``: the mask is the immediate, ``magic`` (0x3F800000) a kernel argument
     held in one register (as a literal, ptxas would re-materialize a mask register for every code)."""
-    v = _field(w0, w1, w2, w3, w4, w5, w6, w7, (FIELDS >> (60 * J)) & 0xFFFFF)
+    v = _field(w0, w1, w2, w3, w4, w5, w6, w7, (FIELDS >> (60 * J)) & 0xFFFFF)  # 60 = SLOT_BITS, 20 = FIELD_BITS
     if ((FIELDS >> (60 * J + 20)) & 0xFFFFF) != 0:
         v = v | _field(w0, w1, w2, w3, w4, w5, w6, w7, (FIELDS >> (60 * J + 20)) & 0xFFFFF)
     if ((FIELDS >> (60 * J + 40)) & 0xFFFFF) != 0:
@@ -170,7 +169,7 @@ def _xprep_kernel(x_ptr, base_ptr, xt_ptr, xb_ptr, xs_ptr, K, KU, NT, stride_xm,
 @triton.jit
 def _tile_update(acc, w0, w1, w2, w3, w4, w5, w6, w7, u0, u_end, rows, rmask, xrow, xbrow, xsrow, s_ptr, b_ptr, G, GS,
                  magic, BN: tl.constexpr, BU: tl.constexpr, ONE_GROUP: tl.constexpr, EVEN: tl.constexpr,
-                 FIELDS: tl.constexpr, TGTS: tl.constexpr):  # fmt: skip
+                 FIELDS: tl.constexpr):  # fmt: skip
     """acc + the tile of BU units starting at u0 (words already loaded). Every vector is loaded as a
     [1, BU] or [BN, 1] tile of the words' layout, so nothing changes layout (no shared-memory shuffles)."""
     ii = tl.arange(0, BU)[None, :]
@@ -182,7 +181,7 @@ def _tile_update(acc, w0, w1, w2, w3, w4, w5, w6, w7, u0, u_end, rows, rmask, xr
             xj = tl.load(xtile + J * BU + ii)
         else:
             xj = tl.load(xtile + J * BU + ii, mask=umask, other=0.0)
-        part += _slot_f32(w0, w1, w2, w3, w4, w5, w6, w7, magic, J, FIELDS, TGTS) * xj
+        part += _slot_f32(w0, w1, w2, w3, w4, w5, w6, w7, magic, J, FIELDS) * xj
     if EVEN:
         xb = tl.load(xbrow + u0 + ii)
         xs = tl.load(xsrow + u0 + ii)
@@ -207,7 +206,7 @@ def _gemv_affine_kernel(
     xt_ptr, xb_ptr, xs_ptr, q_ptr, s_ptr, b_ptr, out_ptr, ws_ptr, cnt_ptr,
     N, KU, NT, G, GS, UPS, SPLIT, magic,
     BITS: tl.constexpr, BN: tl.constexpr, BU: tl.constexpr, ONE_GROUP: tl.constexpr, EVEN: tl.constexpr,
-    FULL: tl.constexpr, FIELDS: tl.constexpr, TGTS: tl.constexpr, STAGES: tl.constexpr,
+    FULL: tl.constexpr, FIELDS: tl.constexpr, STAGES: tl.constexpr,
 ):  # fmt: skip
     """One activation row (axis 2) x BN output rows x a K-range of units (axis 1, split-K).
     STAGES = 0: the next tile's words are prefetched into registers by hand; STAGES > 0: Triton's
@@ -233,7 +232,7 @@ def _gemv_affine_kernel(
             n0, n1, n2, n3, n4, n5, n6, n7 = _tile_words(q_ptr, rows, rmask, u0 + BU, u_end, N, KU, BITS, FULL, EVEN,
                                                          BU)  # fmt: skip
             acc = _tile_update(acc, w0, w1, w2, w3, w4, w5, w6, w7, u0, u_end, rows, rmask, xrow, xbrow, xsrow,
-                               s_ptr, b_ptr, G, GS, magic, BN, BU, ONE_GROUP, EVEN, FIELDS, TGTS)  # fmt: skip
+                               s_ptr, b_ptr, G, GS, magic, BN, BU, ONE_GROUP, EVEN, FIELDS)  # fmt: skip
     else:
         for u0 in tl.range(u_beg, u_end, BU, num_stages=STAGES):
             units = tl.max_contiguous(tl.multiple_of(u0 + tl.arange(0, BU), BU), BU)
@@ -243,7 +242,7 @@ def _gemv_affine_kernel(
                 wmask = rmask[:, None] & (units < u_end)[None, :]
             w0, w1, w2, w3, w4, w5, w6, w7 = _load_words(q_ptr, rows, units, N, KU, wmask, BITS, FULL)
             acc = _tile_update(acc, w0, w1, w2, w3, w4, w5, w6, w7, u0, u_end, rows, rmask, xrow, xbrow, xsrow,
-                               s_ptr, b_ptr, G, GS, magic, BN, BU, ONE_GROUP, EVEN, FIELDS, TGTS)  # fmt: skip
+                               s_ptr, b_ptr, G, GS, magic, BN, BU, ONE_GROUP, EVEN, FIELDS)  # fmt: skip
     y = tl.sum(acc, axis=1)
     orow = m.to(tl.int64) * N + rows
     if SPLIT == 1:
@@ -263,7 +262,6 @@ def _gemv_affine_kernel(
 
 
 # --------------------------------------------------------------------------------------------------- host
-_BASES: dict = {}
 _COUNTERS: dict = {}
 
 
@@ -281,15 +279,6 @@ def _counters(device, n: int) -> torch.Tensor:
     return t
 
 
-def _bases(bits: int, device) -> torch.Tensor:
-    key = (bits, str(device))
-    t = _BASES.get(key)
-    if t is None:
-        t = torch.tensor(slot_bases(bits), dtype=torch.float32, device=device)
-        _BASES[key] = t
-    return t
-
-
 def prep_activations(x2: torch.Tensor, bits: int, bu: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(xt [M, NT, 32, BU] fp32, xb [M, NT*BU], xs [M, NT*BU]) for ``launch_affine`` (NT = ceil(KU/BU))."""
     m, k = x2.shape
@@ -298,7 +287,8 @@ def prep_activations(x2: torch.Tensor, bits: int, bu: int) -> tuple[torch.Tensor
     xt = torch.empty(m, nt, 32, bu, dtype=torch.float32, device=dev)
     xb = torch.empty(m, nt * bu, dtype=torch.float32, device=dev)
     xs = torch.empty(m, nt * bu, dtype=torch.float32, device=dev)
-    _xprep_kernel[(nt, m)](x2, _bases(bits, dev), xt, xb, xs, k, nt * bu, nt, x2.stride(0), BU=bu)
+    bases = device_table("gemv_bases", bits, dev, slot_bases, torch.float32)
+    _xprep_kernel[(nt, m)](x2, bases, xt, xb, xs, k, nt * bu, nt, x2.stride(0), BU=bu)
     return xt, xb, xs
 
 
@@ -321,13 +311,12 @@ def launch_affine(x2: torch.Tensor, w, bn: int, bu: int, split: int, num_warps: 
     cnt = out if split == 1 else _counters(dev, m * triton.cdiv(n, bn))
     xt, xb, xs = prep_activations(x2, w.bits, bu)
     one_group = w.groups == 1 or w.group_size % (32 * bu) == 0
-    fields_c, tgts = plan_constants(w.bits)
     grid = (triton.cdiv(n, bn), split, m)
     _gemv_affine_kernel[grid](
         xt, xb, xs, w.qweight, w.scales, w.biases, out, ws, cnt, n, ku, -(-ku // bu), w.groups, w.group_size, ups,
         split, 0x3F800000,
         BITS=w.bits, BN=bn, BU=bu, ONE_GROUP=one_group, EVEN=ku % bu == 0 and ups % bu == 0,
         FULL=n % lut_layout.ROW_BLOCK == 0 and ku % lut_layout.UNIT_TILE == 0,
-        FIELDS=fields_c, TGTS=tgts, STAGES=stages, num_warps=num_warps,
+        FIELDS=plan_fields(w.bits), STAGES=stages, num_warps=num_warps,
     )  # fmt: skip
     return out

@@ -523,15 +523,16 @@ def dot_perm(bits: int) -> list[int]:
     return out
 
 
-_PERM_CACHE: dict = {}
+_TABLES: dict = {}
 
 
-def _perm_tensor(bits: int, device) -> torch.Tensor:
-    key = (bits, str(device))
-    t = _PERM_CACHE.get(key)
+def device_table(name: str, bits: int, device, build, dtype) -> torch.Tensor:
+    """``build(bits)`` (a list of numbers) as a tensor on ``device``, made once per (name, bits, device)."""
+    key = (name, bits, str(device))
+    t = _TABLES.get(key)
     if t is None:
-        t = torch.tensor(dot_perm(bits), dtype=torch.int32, device=device)
-        _PERM_CACHE[key] = t
+        t = torch.tensor(build(bits), dtype=dtype, device=device)
+        _TABLES[key] = t
     return t
 
 
@@ -596,6 +597,10 @@ _TUNED: dict = {}
 
 def launch(x2: torch.Tensor, w: LutWeight, cfg: Config, out: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Run one configuration: x2 [M, K] contiguous rows -> [M, N] in x2.dtype."""
+    if cfg.path == "fast":
+        from memtool.kernels.lut_gemv import launch_affine
+
+        return launch_affine(x2, w, cfg.bn, cfg.bu, cfg.split, cfg.num_warps, cfg.num_stages, out=out)
     m, k = x2.shape
     n = w.out_features
     ku = lut_layout.num_units(k)
@@ -624,10 +629,6 @@ def launch(x2: torch.Tensor, w: LutWeight, cfg: Config, out: Optional[torch.Tens
     common = dict(M=m, N=n, K=k, KU=ku, G=w.groups, GS=w.group_size, UPS=ups, stride_xm=x2.stride(0),
                   stride_os=m * n, TAB_SN=tsn, TAB_SG=tsg, BITS=w.bits, KIND=kind, BM=cfg.bm, BN=cfg.bn,
                   BU=bu, USE_ASM=not interp, FULL=n % 64 == 0 and ku % 4 == 0, num_warps=cfg.num_warps)  # fmt: skip
-    if cfg.path == "fast":
-        from memtool.kernels.lut_gemv import launch_affine
-
-        return launch_affine(x2, w, cfg.bn, cfg.bu, cfg.split, cfg.num_warps, cfg.num_stages, out=out)
     if cfg.path == "gemv":
         common["BM"] = 1
         grid = (triton.cdiv(n, cfg.bn), split, m)
@@ -645,7 +646,8 @@ def launch(x2: torch.Tensor, w: LutWeight, cfg: Config, out: Optional[torch.Tens
         f32 = interp or x2.dtype == torch.float32
         xd = torch.empty(m, ku * 32, dtype=x2.dtype, device=dev)
         pb = 32
-        _prep_kernel[(triton.cdiv(ku, pb), m)](x2, _perm_tensor(w.bits, dev), xd, k, ku, x2.stride(0), BU=pb)
+        perm = device_table("dot_perm", w.bits, dev, dot_perm, torch.int32)
+        _prep_kernel[(triton.cdiv(ku, pb), m)](x2, perm, xd, k, ku, x2.stride(0), BU=pb)
         common["stride_xm"] = 32 * ku
         _dot_kernel[grid](
             xd, w.qweight, p0, p1, tab, tab, dst, **common,
