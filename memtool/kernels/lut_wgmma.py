@@ -1,0 +1,355 @@
+"""Hopper tensor-core kernel for affine LUT weights: decoded codes go from registers straight into ``wgmma``.
+
+Why a third kernel
+------------------
+The Triton ``tl.dot`` path (:mod:`memtool.kernels.lut_triton`) decodes a tile in a blocked layout and Triton
+moves it through shared memory into the MMA operand layout: ~16 instructions per weight and 0.5-0.9x
+cuBLAS fp16 at M=16-64. This kernel is written in Gluon (Triton's layout-explicit dialect, Hopper only) so
+the layout is ours to choose: every thread loads exactly the words whose codes it owns in the register
+fragment of ``wgmma``'s A operand, decodes them in place and hands the registers to the tensor cores.
+
+    y^T[n, m] = sum_k W[n, k] x[m, k]:   A = decoded codes [64 rows, 128 k] (registers),
+                                         B = activations [128 k, BM] (shared memory)
+
+The layout trick (all offline, no repacking of the stored words): in the A fragment of ``wgmma`` (k_width
+2) lane ``l`` of a warp holds rows ``l/4`` and ``l/4 + 8`` and, of every 8 consecutive k, the pair
+``2*(l%4), 2*(l%4)+1``. A tile of 4 units (128 k) is a word block of 64 rows x 4 units per plane in the
+tile layout, so let lane ``l`` load unit ``l%4`` of rows ``l/4`` and ``l/4+8``: it owns all 32 codes of
+those two (row, unit)s. The k order inside a tile is free (the activations are permuted to match by the
+prep kernel), so the decoded pairs are joined and permuted until their linear layout IS the fragment
+layout: ``gl.convert_layout(..., assert_trivial=True)`` proves no data moves.
+
+Decode (``pair_plan``): one ``lop3`` puts a pair of codes (the two 16-bit halves of a word) into the
+mantissas of two fp16 (``0x6400 | c << f`` = 1024 + c*2^f) or bf16 (``0x4300``) numbers and one packed FMA
+``v * 2^-f - 1024 * 2^-f`` makes them the exact codes; fields are left where they are in the word when they
+fit the mantissa, so one shift serves several pairs (~1.1-1.3 instructions per weight). Each tile lies in
+one group (group size a multiple of 128, or per-channel): ``y += s * (codes . x) + b * sum(x)`` per tile,
+with ``sum(x)`` per tile from the prep kernel.
+
+Only on a CUDA device of compute capability 9.x with a Triton that has Gluon; the dispatcher
+(:mod:`memtool.kernels.lut_triton`) offers it as path ``"wgmma"`` when :func:`supports` says yes. The
+plan and the k permutation are checked on the CPU by emulating the decode with torch
+(``tests/kernels/test_lut_wgmma.py``); the kernel itself on the GPU by ``scripts/gpu_lut_bench.py``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Optional
+
+import torch
+import triton
+import triton.language as tl
+
+from memtool.kernels import lut_layout
+from memtool.kernels.lut_triton import _reduce_kernel, device_table
+
+try:  # Gluon (Triton >= 3.5); the kernel below is only defined where it exists
+    from triton.experimental import gluon
+    from triton.experimental.gluon import language as gl
+    from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, warpgroup_mma
+
+    HAVE_GLUON = True
+except Exception:  # noqa: BLE001  (an older Triton, or one whose Gluon API moved)
+    HAVE_GLUON = False
+
+BITS_OK = (2, 3, 4)
+TILE_K = lut_layout.UNIT * lut_layout.UNIT_TILE  # 128 k per tile
+MANTISSA = {torch.float16: 10, torch.bfloat16: 7}
+MAGIC = {torch.float16: 1024.0, torch.bfloat16: 128.0}
+
+
+# ----------------------------------------------------------------------------------------------- plans
+@functools.lru_cache(maxsize=None)
+def pair_plan(bits: int, mantissa: int) -> tuple[tuple[int, int, int], ...]:
+    """Per pair T of a unit (:func:`lut_layout.pair_slots` order): ``(word, shift, f)``: the pair's low code
+    is ``(word >> shift) >> f & mask`` and its high code 16 bits above; ``f + bits <= mantissa`` so the
+    field can stay in place inside the mantissa. Shifts are shared: a word is shifted again only when the
+    next field no longer fits. word -1: the bit-sliced 3-bit pair (codes 30, 31), decoded apart."""
+    out = []
+    base: dict[int, int] = {}
+    for word, pos, _lo, _hi in lut_layout.pair_slots(bits):
+        if word < 0:
+            out.append((-1, 0, 0))
+            continue
+        sb = base.get(word, 0)
+        if pos - sb + bits > mantissa:
+            sb = pos
+        base[word] = sb
+        out.append((word, sb, pos - sb))
+    return tuple(out)
+
+
+def tile_perm(bits: int) -> list[int]:
+    """k offset inside a 128-k tile (``unit * 32 + code``) of each column k' of the kernel's A operand.
+
+    The kernel joins the 16 pairs of a unit into ``[rows, unit(4), half, b0, b1, b2, b3]`` (pair
+    ``T = b0 + 2 b1 + 4 b2 + 8 b3``) and permutes it to ``k' = 64 b3 + 32 b0 + 16 b1 + 8 b2 + 2 unit + half``
+    (the two lane bits of the fragment are the unit, the packed register pair is the pair's two halves)."""
+    pairs = lut_layout.pair_slots(bits)
+    perm = [0] * TILE_K
+    for u in range(4):
+        for t in range(16):
+            b0, b1, b2, b3 = t & 1, (t >> 1) & 1, (t >> 2) & 1, (t >> 3) & 1
+            for h in range(2):
+                kp = 64 * b3 + 32 * b0 + 16 * b1 + 8 * b2 + 2 * u + h
+                perm[kp] = u * 32 + pairs[t][2 + h]
+    return perm
+
+
+def emulate_tile(words: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:
+    """What the kernel's decode computes for one tile, in torch: ``words`` int64 ``[R, bits, 4]`` (plane
+    words of R rows x 4 units) -> codes ``[R, 128]`` in k' order (float64). Used by tests to check
+    :func:`pair_plan` and :func:`tile_perm` against :func:`lut_layout.unpack_codes`."""
+    mb = MANTISSA[dtype]
+    magic = MAGIC[dtype]
+    plan = pair_plan(bits, mb)
+    w = words & 0xFFFFFFFF
+    mask = (1 << bits) - 1
+    pairs = []
+    for t, (word, sb, f) in enumerate(plan):
+        if word < 0:  # 3-bit codes 30/31: bit i of each code is bit 15 / 31 of word i
+            v = ((w[:, 0] >> 15) & 0x10001) | ((w[:, 1] >> 14) & 0x20002) | ((w[:, 2] >> 13) & 0x40004)
+            f = 0
+        else:
+            v = (w[:, word] >> sb) & ((mask << f) * 0x10001)
+        lo = (v & 0xFFFF).double() + magic  # the mantissa bits on top of the magic number
+        hi = (v >> 16).double() + magic
+        assert bool((lo < 2 * magic).all()) and bool((hi < 2 * magic).all()), "field leaves the mantissa"
+        sc = 2.0**-f
+        pairs.append(torch.stack([lo * sc - magic * sc, hi * sc - magic * sc], -1))  # [R, 4, 2]
+    j = torch.stack(pairs, -1)  # [R, 4(u), 2(h), 16(T)]
+    j = j.reshape(*j.shape[:3], 2, 2, 2, 2)  # T bits: last axis fastest -> [.., b3, b2, b1, b0]
+    r = j.shape[0]
+    j = j.reshape(r, 2, 2, 2, 2, 2, 2, 2)  # [R, u1, u0, h, b3, b2, b1, b0]
+    j = j.permute(0, 4, 7, 6, 5, 1, 2, 3)  # -> [R, b3, b0, b1, b2, u1, u0, h]
+    return j.reshape(r, TILE_K)
+
+
+def supports(w, m: int, n: int, k: int, device) -> bool:
+    """True where this kernel can run: affine 2/3/4-bit weights whose tiles lie in one group (group size
+    128 * 2^i or per-channel), whole tiles (N % 64 == 0, K % 128 == 0), fp16/bf16 activations on a Hopper GPU with Gluon."""
+    if not HAVE_GLUON or device.type != "cuda" or w.kind != "affine" or w.bits not in BITS_OK:
+        return False
+    if torch.cuda.get_device_capability(device)[0] != 9:
+        return False
+    if n % lut_layout.ROW_BLOCK or k % TILE_K:
+        return False
+    tpg = w.group_size // TILE_K
+    return w.groups == 1 or (w.group_size % TILE_K == 0 and tpg & (tpg - 1) == 0)
+
+
+# -------------------------------------------------------------------------------------------- prep (tl)
+@triton.jit
+def _wg_prep_kernel(x_ptr, perm_ptr, xp_ptr, xs_ptr, K, NT, stride_xm, TB: tl.constexpr):
+    """x [M, K] -> xp [M, NT*128] in the kernel's k' order and xs [M, NT] = fp32 sum of each tile."""
+    m = tl.program_id(1)
+    t = tl.program_id(0) * TB + tl.arange(0, TB)
+    kp = tl.arange(0, 128)
+    k = t[:, None] * 128 + tl.load(perm_ptr + kp)[None, :]
+    tm = (t < NT)[:, None]
+    x = tl.load(x_ptr + m.to(tl.int64) * stride_xm + k, mask=tm & (k < K), other=0.0)
+    tl.store(xp_ptr + m.to(tl.int64) * NT * 128 + t[:, None] * 128 + kp[None, :], x, mask=tm)
+    tl.store(xs_ptr + m.to(tl.int64) * NT + t, tl.sum(x.to(tl.float32), axis=1), mask=t < NT)
+
+
+def prep_activations(x2: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    m, k = x2.shape
+    nt = -(-k // TILE_K)
+    xp = torch.empty(m, nt * TILE_K, dtype=x2.dtype, device=x2.device)
+    xs = torch.empty(m, nt, dtype=torch.float32, device=x2.device)
+    perm = device_table("wgmma_perm", bits, x2.device, tile_perm, torch.int32)
+    tb = 4
+    _wg_prep_kernel[(triton.cdiv(nt, tb), m)](x2, perm, xp, xs, k, nt, x2.stride(0), TB=tb)
+    return xp, xs
+
+
+# ---------------------------------------------------------------------------------------------- kernel
+@triton.constexpr_function
+def _fma_asm(f, bf16):
+    """PTX: two codes at bit f of a magic-number pair -> exact codes: ``v * 2^-f - magic * 2^-f``. Both
+    constants are signed powers of two (magic = 2^10 fp16, 2^7 bf16), written as 16-bit patterns."""
+    ebits, bias_e, mag = (8, 127, 7) if bf16 else (5, 15, 10)
+    mant = 15 - ebits
+    sc = (bias_e - f) << mant  # 2^-f
+    c = (1 << 15) | ((bias_e + mag - f) << mant)  # -2^(mag - f)
+    op = "fma.rn.bf16x2" if bf16 else "fma.rn.f16x2"
+    return "{ .reg .b32 s, c, r; mov.b32 s, 0x%04x%04x; mov.b32 c, 0x%04x%04x; %s r, $2, s, c; mov.b32 {$0, $1}, r; }" % (
+        sc, sc, c, c, op)
+
+
+if HAVE_GLUON:
+
+    @gluon.jit
+    def _wsel(w0, w1, w2, w3, P: gl.constexpr):
+        if P == 0:
+            r = w0
+        elif P == 1:
+            r = w1
+        elif P == 2:
+            r = w2
+        else:
+            r = w3
+        return r
+
+    @gluon.jit
+    def _pair(w0, w1, w2, w3, magic, T: gl.constexpr, PLAN: gl.constexpr, BITS: gl.constexpr, BF16: gl.constexpr):
+        """Pair T of every (row, unit) of the thread's words -> [R, 4, 2] exact codes (fp16 / bf16)."""
+        WORD: gl.constexpr = PLAN[T][0]
+        SB: gl.constexpr = PLAN[T][1]
+        F: gl.constexpr = PLAN[T][2]
+        if WORD < 0:  # 3-bit codes 30/31: bit i of each is bit 15 / 31 of word i
+            v = ((w0 >> 15) & 0x10001) | ((w1 >> 14) & 0x20002) | ((w2 >> 13) & 0x40004) | magic
+        else:
+            w = _wsel(w0, w1, w2, w3, WORD)
+            if SB > 0:
+                w = w >> SB
+            v = (w & (((1 << BITS) - 1) << F) * 0x10001) | magic
+        if BF16:
+            lo, hi = gl.inline_asm_elementwise(_fma_asm(F, True), "=h,=h,r", [v], dtype=(gl.int16, gl.int16),
+                                               is_pure=True, pack=1)  # fmt: skip
+            out = gl.join(lo.to(gl.bfloat16, bitcast=True), hi.to(gl.bfloat16, bitcast=True))
+        else:
+            lo, hi = gl.inline_asm_elementwise(_fma_asm(F, False), "=h,=h,r", [v], dtype=(gl.int16, gl.int16),
+                                               is_pure=True, pack=1)  # fmt: skip
+            out = gl.join(lo.to(gl.float16, bitcast=True), hi.to(gl.float16, bitcast=True))
+        return out
+
+    @gluon.jit
+    def _a_tile(w0, w1, w2, w3, magic, A: gl.constexpr, BN: gl.constexpr, PLAN: gl.constexpr, BITS: gl.constexpr,
+                BF16: gl.constexpr):  # fmt: skip
+        """The [BN, 128] A operand of one tile, already in the wgmma fragment layout (see tile_perm)."""
+        p0 = _pair(w0, w1, w2, w3, magic, 0, PLAN, BITS, BF16)
+        p1 = _pair(w0, w1, w2, w3, magic, 1, PLAN, BITS, BF16)
+        p2 = _pair(w0, w1, w2, w3, magic, 2, PLAN, BITS, BF16)
+        p3 = _pair(w0, w1, w2, w3, magic, 3, PLAN, BITS, BF16)
+        p4 = _pair(w0, w1, w2, w3, magic, 4, PLAN, BITS, BF16)
+        p5 = _pair(w0, w1, w2, w3, magic, 5, PLAN, BITS, BF16)
+        p6 = _pair(w0, w1, w2, w3, magic, 6, PLAN, BITS, BF16)
+        p7 = _pair(w0, w1, w2, w3, magic, 7, PLAN, BITS, BF16)
+        p8 = _pair(w0, w1, w2, w3, magic, 8, PLAN, BITS, BF16)
+        p9 = _pair(w0, w1, w2, w3, magic, 9, PLAN, BITS, BF16)
+        p10 = _pair(w0, w1, w2, w3, magic, 10, PLAN, BITS, BF16)
+        p11 = _pair(w0, w1, w2, w3, magic, 11, PLAN, BITS, BF16)
+        p12 = _pair(w0, w1, w2, w3, magic, 12, PLAN, BITS, BF16)
+        p13 = _pair(w0, w1, w2, w3, magic, 13, PLAN, BITS, BF16)
+        p14 = _pair(w0, w1, w2, w3, magic, 14, PLAN, BITS, BF16)
+        p15 = _pair(w0, w1, w2, w3, magic, 15, PLAN, BITS, BF16)
+        q0 = gl.join(gl.join(gl.join(p0, p1), gl.join(p2, p3)), gl.join(gl.join(p4, p5), gl.join(p6, p7)))
+        q1 = gl.join(gl.join(gl.join(p8, p9), gl.join(p10, p11)), gl.join(gl.join(p12, p13), gl.join(p14, p15)))
+        j = gl.join(q0, q1)  # [BN, 4(u), 2(h), 2(b0), 2(b1), 2(b2), 2(b3)]
+        j = gl.reshape(j, [BN, 2, 2, 2, 2, 2, 2, 2])  # [BN, u1, u0, h, b0, b1, b2, b3]
+        j = gl.permute(j, [0, 7, 4, 5, 6, 1, 2, 3])  # k' = 64 b3 + 32 b0 + 16 b1 + 8 b2 + 4 u1 + 2 u0 + h
+        return gl.convert_layout(gl.reshape(j, [BN, 128]), A, assert_trivial=True)
+
+    @gluon.jit
+    def _words(q_ptr, woff, t, PS: gl.constexpr, BITS: gl.constexpr):
+        tb = q_ptr + t * (BITS * PS)
+        w0 = gl.load(tb + woff)
+        w1 = gl.load(tb + PS + woff)
+        w2 = w0
+        w3 = w0
+        if BITS > 2:
+            w2 = gl.load(tb + 2 * PS + woff)
+        if BITS > 3:
+            w3 = gl.load(tb + 3 * PS + woff)
+        return w0, w1, w2, w3
+
+    @gluon.jit
+    def _wgmma_kernel(xp_ptr, xs_ptr, q_ptr, s_ptr, b_ptr, out_ptr, M, N, KU, NT, G, GSH, TPS, magic,
+                      BITS: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr, PLAN: gl.constexpr,
+                      BF16: gl.constexpr, NW: gl.constexpr, RB: gl.constexpr):  # fmt: skip
+        """Program (BN rows, K-range of TPS tiles, BM activation rows): y^T = W x^T on the tensor cores;
+        A = decoded codes in registers, B = the prepped activation tile in shared memory. The warps split
+        the rows in 16s (WB); the rest of the row bits are registers (RB). Tile t is in group t >> GSH."""
+        pid_n = gl.program_id(0)
+        pid_s = gl.program_id(1)
+        pid_m = gl.program_id(2)
+        WB: gl.constexpr = [[16, 0], [32, 0]] if NW == 4 else [[16, 0], [32, 0], [64, 0]]
+        LW: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=RB, lane_bases=[[0, 1], [0, 2], [1, 0], [2, 0], [4, 0]], warp_bases=WB, block_bases=[],
+            shape=[BN, 4])  # fmt: skip
+        MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1], instr_shape=[16, BM, 16])
+        A: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+        XL: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [NW, 1], [1, 0])
+        XSL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        # word offsets of the thread's (row, unit)s inside one tile (tile layout: 64-row blocks, 4 units)
+        r = gl.arange(0, BN, layout=gl.SliceLayout(1, LW))
+        u = gl.arange(0, 4, layout=gl.SliceLayout(0, LW))
+        woff = ((r // 64) * (64 * BITS) * KU + (r % 64) * 4)[:, None] + u[None, :]
+        qb = q_ptr + (pid_n * BN).to(gl.int64) * (BITS * KU)
+        rows = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, MMA))
+        ms = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, MMA))
+        mmask = ms < M
+        xm = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, XL))
+        xk = gl.arange(0, 128, layout=gl.SliceLayout(0, XL))
+        xrow = xp_ptr + xm.to(gl.int64)[:, None] * (NT * 128) + xk[None, :]
+        xmask = (xm < M)[:, None]
+        xsm = gl.allocate_shared_memory(xp_ptr.dtype.element_ty, [BM, 128], XSL)
+        acc = gl.zeros([BN, BM], gl.float32, MMA)
+        zero = gl.zeros([BN, BM], gl.float32, MMA)
+        t_beg = pid_s * TPS
+        t_end = gl.minimum(t_beg + TPS, NT)
+        # register prefetch: tile t+1 is loaded while tile t is decoded and multiplied
+        n0, n1, n2, n3 = _words(qb, woff, t_beg, 256, BITS)
+        nx = gl.load(xrow + t_beg * 128, mask=xmask, other=0.0)
+        for t in range(t_beg, t_end):
+            w0, w1, w2, w3 = n0, n1, n2, n3
+            xt = nx
+            tn = gl.minimum(t + 1, t_end - 1)
+            n0, n1, n2, n3 = _words(qb, woff, tn, 256, BITS)
+            nx = gl.load(xrow + tn * 128, mask=xmask, other=0.0)
+            g = t >> GSH
+            sc = gl.load(s_ptr + rows * G + g).to(gl.float32)
+            bi = gl.load(b_ptr + rows * G + g).to(gl.float32)
+            xsum = gl.load(xs_ptr + ms * NT + t, mask=mmask, other=0.0)
+            a = _a_tile(w0, w1, w2, w3, magic, A, BN, PLAN, BITS, BF16)
+            gl.thread_barrier()  # every warp is done with the previous tile's activations
+            xsm.store(xt)
+            fence_async_shared()
+            d = warpgroup_mma(a, xsm.permute((1, 0)), zero, use_acc=False)
+            acc = acc + d * sc[:, None] + bi[:, None] * xsum[None, :]
+        optr = out_ptr + pid_s * M * N + ms[None, :] * N + rows[:, None]
+        gl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=mmask[None, :])
+
+
+def row_bases(bn: int, num_warps: int) -> tuple[tuple[int, int], ...]:
+    """Register bases of the word layout: row + 8, then the row blocks above what the warps cover."""
+    out = [(8, 0)]
+    r = 16 * num_warps
+    while r < bn:
+        out.append((r, 0))
+        r *= 2
+    return tuple(out)
+
+
+def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4,
+           out: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+    """y = x2 @ W^T through the wgmma kernel (the caller checked :func:`supports`)."""
+    m, k = x2.shape
+    n = w.out_features
+    ku = lut_layout.num_units(k)
+    nt = ku // lut_layout.UNIT_TILE
+    split = max(1, min(split, nt))
+    tps = -(-nt // split)
+    split = -(-nt // tps)
+    if n % bn:
+        bn = lut_layout.ROW_BLOCK
+    if out is None:
+        out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
+    dst = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x2.device)
+    xp, xs = prep_activations(x2, w.bits)
+    bf16 = x2.dtype == torch.bfloat16
+    gsh = 31 if w.groups == 1 else (w.group_size // TILE_K).bit_length() - 1
+    grid = (n // bn, split, triton.cdiv(m, bm))
+    _wgmma_kernel[grid](
+        xp, xs, w.qweight, w.scales, w.biases, dst, m, n, ku, nt, w.groups, gsh, tps,
+        0x43004300 if bf16 else 0x64006400,
+        BITS=w.bits, BN=bn, BM=bm, PLAN=pair_plan(w.bits, MANTISSA[x2.dtype]), BF16=bf16, NW=num_warps,
+        RB=row_bases(bn, num_warps),
+        num_warps=num_warps,
+    )  # fmt: skip
+    if split > 1:
+        block = 1024
+        _reduce_kernel[(triton.cdiv(m * n, block),)](dst, out, m * n, split, BLOCK=block)
+    return out

@@ -1,0 +1,140 @@
+"""Check and sweep the Hopper wgmma LUT kernel (memtool/kernels/lut_wgmma.py) on a GPU.
+
+    export PYTHONPATH=$PWD; python scripts/gpu_wgmma_sweep.py --out $OUT [--shapes 8192x28672] [--ms 1,16,64]
+
+First every configuration family is checked against float64 (fp16 and bf16, 2/3/4 bits, group 128/256 and
+per-channel, ragged M); then each configuration is timed in a CUDA graph over rotated weight copies (3x L2)
+next to cuBLAS fp16 and the dispatcher's current choice for the same shape, in the same process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import traceback
+
+import torch
+
+sys.path.insert(0, os.getcwd())
+
+from memtool.kernels import LutWeight  # noqa: E402
+from memtool.kernels import lut_triton as LT  # noqa: E402
+from memtool.kernels import lut_wgmma as WG  # noqa: E402
+from memtool.kernels.lut_ref import lut_matmul_f64  # noqa: E402
+from scripts.gpu_lut_bench import graph_time_us, n_copies, rand_weight  # noqa: E402
+
+
+def check(dev):
+    bad = 0
+    cases = [(1, 128, 256, 128), (3, 192, 640, 256), (16, 256, 384, -1), (17, 128, 1024, 128), (64, 64, 512, 128),
+             (100, 128, 256, 128)]  # fmt: skip
+    for m, n, k, g in cases:
+        for bits in (2, 3, 4):
+            w = rand_weight("affine", bits, n, k, g, dev, seed=m + bits)
+            for dt in (torch.float16, torch.bfloat16):
+                x = torch.randn(m, k, device=dev, dtype=dt)
+                ref = lut_matmul_f64(x, w)
+                bm = min(64, max(8, 1 << (m - 1).bit_length()))
+                for bn, split in ((64, 1), (128, 3)):
+                    try:
+                        out = torch.full((m, n), float("nan"), device=dev, dtype=dt)
+                        y = WG.launch(x, w, bm, bn, split, 4, out=out)
+                        err = ((y.double() - ref).norm() / ref.norm()).item()
+                        ok = err < (1e-3 if dt == torch.float16 else 1e-2) and not torch.isnan(y).any()
+                    except Exception:  # noqa: BLE001
+                        traceback.print_exc()
+                        err, ok = float("nan"), False
+                    bad += not ok
+                    print(f"check m={m} n={n} k={k} g={g} q{bits} {str(dt)[6:]} bn={bn} split={split}: "
+                          f"{'ok' if ok else 'FAIL'} {err:.1e}", flush=True)  # fmt: skip
+    return bad
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="8192x28672,28672x8192,4096x4096")
+    ap.add_argument("--bits", default="3,4")
+    ap.add_argument("--ms", default="1,4,16,64")
+    ap.add_argument("--bns", default="64,128")
+    ap.add_argument("--waves", default="1,2,4,8")
+    ap.add_argument("--warps", default="4")
+    ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--no-dispatch", action="store_true")
+    ap.add_argument("--budget", type=float, default=400)
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    a = ap.parse_args()
+    t0 = time.time()
+    props = torch.cuda.get_device_properties(0)
+    l2 = getattr(props, "L2_cache_size", 50 * 2**20)
+    sms = props.multi_processor_count
+    print(f"device {props.name} sms={sms} torch {torch.__version__}", flush=True)
+    dev = torch.device("cuda")
+    bad = 0 if a.no_check else check(dev)
+    print(f"check: {bad} failures ({time.time() - t0:.0f}s)", flush=True)
+    res = []
+    for sh in a.shapes.split(","):
+        n, k = (int(v) for v in sh.split("x"))
+        for m in (int(v) for v in a.ms.split(",")):
+            x = torch.randn(m, k, device=dev, dtype=torch.float16)
+            cps = [torch.randn(n, k, device=dev, dtype=torch.float16) * 0.02 for _ in range(n_copies(n * k * 2, l2))]
+            t16 = graph_time_us([lambda W=W: torch.nn.functional.linear(x, W) for W in cps])
+            del cps
+            print(f"{n}x{k} m={m} cuBLAS fp16 {t16:.1f} us", flush=True)
+            for bits in (int(v) for v in a.bits.split(",")):
+                if time.time() - t0 > a.budget:
+                    break
+                w = rand_weight("affine", bits, n, k, 128, dev, seed=bits)
+                ref = lut_matmul_f64(x, w)
+                nb = w.nbytes()
+                cps = [w] + [LutWeight(**{**w.meta(), **{kk: t.clone() for kk, t in w.state_dict().items()}})
+                             for _ in range(n_copies(nb, l2) - 1)]  # fmt: skip
+                tp = graph_time_us([lambda: WG.prep_activations(x, bits)] * 8)
+                td = None
+                if not a.no_dispatch:
+                    cfg = LT.choose(x, w)
+                    td = graph_time_us([lambda W=W: LT.launch(x, W, cfg) for W in cps])
+                    print(f"  q{bits} dispatcher {cfg.path} bn={cfg.bn} split={cfg.split}: {td:.1f} us "
+                          f"{t16 / td:.2f}x   (wgmma prep alone {tp:.1f} us)", flush=True)  # fmt: skip
+                bm = min(64, max(8, 1 << (m - 1).bit_length()))
+                best = None
+                for nw in (int(v) for v in a.warps.split(",")):
+                    for bn in (int(v) for v in a.bns.split(",")):
+                        if bm == 64 and bn > 64 and nw == 4:
+                            continue  # spills
+                        if bn < 16 * nw:
+                            continue
+                        for wv in (float(v) for v in a.waves.split(",")):
+                            blocks = (n // bn) * -(-m // bm)
+                            split = max(1, min(round(wv * sms / blocks), k // 128))
+                            try:
+                                y = WG.launch(x, w, bm, bn, split, nw)
+                                err = ((y.double() - ref).norm() / ref.norm()).item()
+                                t = graph_time_us([lambda W=W: WG.launch(x, W, bm, bn, split, nw) for W in cps])
+                            except Exception as e:  # noqa: BLE001
+                                print(f"  bm={bm} bn={bn} nw={nw} split={split}: FAIL {e!r}"[:400], flush=True)
+                                continue
+                            r = dict(n=n, k=k, m=m, bits=bits, bm=bm, bn=bn, nw=nw, split=split, us=t, fp16_us=t16,
+                                     dispatch_us=td, prep_us=tp, speedup=t16 / t, err=err,
+                                     tbps=(nb + m * k * 2 + m * n * 2) / t / 1e6)  # fmt: skip
+                            res.append(r)
+                            if best is None or t < best["us"]:
+                                best = r
+                            print(f"  q{bits} bm={bm} bn={bn} nw={nw} split={split}: {t:.1f} us {t16 / t:.2f}x "
+                                  f"{r['tbps']:.2f} TB/s err={err:.1e}", flush=True)  # fmt: skip
+                if best:
+                    print(f"BEST {n}x{k} m={m} q{bits}: {best['us']:.1f} us {best['speedup']:.2f}x fp16 "
+                          f"(bn={best['bn']} nw={best['nw']} split={best['split']}); dispatcher "
+                          f"{td if td is None else round(td, 1)} us", flush=True)  # fmt: skip
+                del cps
+                torch.cuda.empty_cache()
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "wgmma_sweep.json"), "w") as f:
+        json.dump({"device": props.name, "check_failures": bad, "rows": res}, f, indent=1)
+    print(f"done in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
