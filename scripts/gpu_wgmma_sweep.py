@@ -10,6 +10,7 @@ next to cuBLAS fp16 and the dispatcher's current choice for the same shape, in t
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import sys
@@ -29,26 +30,26 @@ from scripts.gpu_lut_bench import graph_time_us, n_copies, rand_weight  # noqa: 
 
 def check(dev):
     bad = 0
-    cases = [(1, 128, 256, 128), (3, 192, 640, 256), (16, 256, 384, -1), (17, 128, 1024, 128), (64, 64, 512, 128),
-             (100, 128, 256, 128)]  # fmt: skip
-    for m, n, k, g in cases:
+    cases = [(1, 128, 256, 128, 64, 1), (3, 192, 640, 256, 128, 3), (16, 256, 384, -1, 128, 1),
+             (17, 128, 1024, 128, 64, 3), (64, 64, 512, 128, 64, 2), (100, 256, 256, 128, 128, 1)]  # fmt: skip
+    for m, n, k, g, bn, split in cases:
         for bits in (2, 3, 4):
             w = rand_weight("affine", bits, n, k, g, dev, seed=m + bits)
             for dt in (torch.float16, torch.bfloat16):
                 x = torch.randn(m, k, device=dev, dtype=dt)
                 ref = lut_matmul_f64(x, w)
                 bm = min(64, max(8, 1 << (m - 1).bit_length()))
-                for bn, split in ((64, 1), (128, 3)):
+                for nw in (4, 8) if bn == 128 and bm < 64 else (4,):
                     try:
                         out = torch.full((m, n), float("nan"), device=dev, dtype=dt)
-                        y = WG.launch(x, w, bm, bn, split, 4, out=out)
+                        y = WG.launch(x, w, bm, bn, split, nw, out=out)
                         err = ((y.double() - ref).norm() / ref.norm()).item()
                         ok = err < (1e-3 if dt == torch.float16 else 1e-2) and not torch.isnan(y).any()
                     except Exception:  # noqa: BLE001
                         traceback.print_exc()
                         err, ok = float("nan"), False
                     bad += not ok
-                    print(f"check m={m} n={n} k={k} g={g} q{bits} {str(dt)[6:]} bn={bn} split={split}: "
+                    print(f"check m={m} n={n} k={k} g={g} q{bits} {str(dt)[6:]} bn={bn} nw={nw} split={split}: "
                           f"{'ok' if ok else 'FAIL'} {err:.1e}", flush=True)  # fmt: skip
     return bad
 
@@ -62,10 +63,14 @@ def main():
     ap.add_argument("--waves", default="1,2,4,8")
     ap.add_argument("--warps", default="4")
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--module", default="lut_wgmma", help="kernel module under memtool.kernels (A/B runs)")
+    ap.add_argument("--stages", default="3")
     ap.add_argument("--no-dispatch", action="store_true")
     ap.add_argument("--budget", type=float, default=400)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
+    global WG
+    WG = importlib.import_module(f"memtool.kernels.{a.module}")
     t0 = time.time()
     props = torch.cuda.get_device_properties(0)
     l2 = getattr(props, "L2_cache_size", 50 * 2**20)
@@ -100,29 +105,30 @@ def main():
                           f"{t16 / td:.2f}x   (wgmma prep alone {tp:.1f} us)", flush=True)  # fmt: skip
                 bm = min(64, max(8, 1 << (m - 1).bit_length()))
                 best = None
-                for nw in (int(v) for v in a.warps.split(",")):
+                for nw, stg in ((int(v), int(sv)) for v in a.warps.split(",") for sv in a.stages.split(",")):
                     for bn in (int(v) for v in a.bns.split(",")):
                         if bm == 64 and bn > 64 and nw == 4:
                             continue  # spills
-                        if bn < 16 * nw:
+                        if bn < 16 * nw or bn > 32 * nw:
                             continue
                         for wv in (float(v) for v in a.waves.split(",")):
                             blocks = (n // bn) * -(-m // bm)
                             split = max(1, min(round(wv * sms / blocks), k // 128))
+                            kw = {} if a.module.endswith("v1") else {"stages": stg}
                             try:
-                                y = WG.launch(x, w, bm, bn, split, nw)
+                                y = WG.launch(x, w, bm, bn, split, nw, **kw)
                                 err = ((y.double() - ref).norm() / ref.norm()).item()
-                                t = graph_time_us([lambda W=W: WG.launch(x, W, bm, bn, split, nw) for W in cps])
+                                t = graph_time_us([lambda W=W: WG.launch(x, W, bm, bn, split, nw, **kw) for W in cps])
                             except Exception as e:  # noqa: BLE001
                                 print(f"  bm={bm} bn={bn} nw={nw} split={split}: FAIL {e!r}"[:400], flush=True)
                                 continue
-                            r = dict(n=n, k=k, m=m, bits=bits, bm=bm, bn=bn, nw=nw, split=split, us=t, fp16_us=t16,
+                            r = dict(n=n, k=k, m=m, bits=bits, bm=bm, bn=bn, nw=nw, stages=stg, split=split, us=t, fp16_us=t16,
                                      dispatch_us=td, prep_us=tp, speedup=t16 / t, err=err,
                                      tbps=(nb + m * k * 2 + m * n * 2) / t / 1e6)  # fmt: skip
                             res.append(r)
                             if best is None or t < best["us"]:
                                 best = r
-                            print(f"  q{bits} bm={bm} bn={bn} nw={nw} split={split}: {t:.1f} us {t16 / t:.2f}x "
+                            print(f"  q{bits} bm={bm} bn={bn} nw={nw} st={stg} split={split}: {t:.1f} us {t16 / t:.2f}x "
                                   f"{r['tbps']:.2f} TB/s err={err:.1e}", flush=True)  # fmt: skip
                 if best:
                     print(f"BEST {n}x{k} m={m} q{bits}: {best['us']:.1f} us {best['speedup']:.2f}x fp16 "

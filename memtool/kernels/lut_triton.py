@@ -572,10 +572,10 @@ def candidates(m: int, n: int, k: int, w: LutWeight, device) -> list[Config]:
     if lut_wgmma.supports(w, m, n, k, device):
         # Hopper tensor cores fed from registers (lut_wgmma.py): measured best at every M on an H200
         bm = min(64, max(8, 1 << (m - 1).bit_length()))
-        for bn in (64, 128) if bm < 64 else (64,):
+        for bn, nw in ((64, 4), (128, 8)):
             blocks = n // bn * -(-m // bm)
-            for waves in (1.0, 2.0, 4.0, 8.0):
-                out.append(Config("wgmma", bm, bn, 4, _split_for(blocks, ku // 4, 1, sms, waves), 4))
+            for waves in (4.0, 2.0, 8.0, 1.0):  # the first candidate is the untuned default
+                out.append(Config("wgmma", bm, bn, 4, _split_for(blocks, ku // 4, 1, sms, waves), nw, 3))
     if w.kind == "affine" and m <= 8:
         # fast GEMV (lut_gemv.py): tiles of BN rows x 4 units, pipelined loads; measured best on an H200 first
         for bn, nw, st, waves in ((256, 4, 3, 4.0), (256, 4, 3, 2.0), (256, 4, 3, 8.0), (256, 4, 2, 4.0),
@@ -613,7 +613,7 @@ def launch(x2: torch.Tensor, w: LutWeight, cfg: Config, out: Optional[torch.Tens
     if cfg.path == "wgmma":
         from memtool.kernels import lut_wgmma
 
-        return lut_wgmma.launch(x2, w, cfg.bm, cfg.bn, cfg.split, cfg.num_warps, out=out)
+        return lut_wgmma.launch(x2, w, cfg.bm, cfg.bn, cfg.split, cfg.num_warps, cfg.num_stages, out=out)
     m, k = x2.shape
     n = w.out_features
     ku = lut_layout.num_units(k)
