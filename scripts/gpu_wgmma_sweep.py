@@ -39,17 +39,19 @@ def check(dev):
                 x = torch.randn(m, k, device=dev, dtype=dt)
                 ref = lut_matmul_f64(x, w)
                 bm = min(64, max(8, 1 << (m - 1).bit_length()))
-                for nw in (4, 8) if bn == 128 and bm < 64 else (4,):
+                for nw, fold in ((4, False), (8, False), (4, True)) if bn == 128 and bm < 64 else ((4, False), (4, True)):
+                    if nw * 32 > bn * 2 or (nw == 8 and bn == 64):
+                        continue
                     try:
                         out = torch.full((m, n), float("nan"), device=dev, dtype=dt)
-                        y = WG.launch(x, w, bm, bn, split, nw, out=out)
+                        y = WG.launch(x, w, bm, bn, split, nw, fold=fold, out=out)
                         err = ((y.double() - ref).norm() / ref.norm()).item()
                         ok = err < (1e-3 if dt == torch.float16 else 1e-2) and not torch.isnan(y).any()
                     except Exception:  # noqa: BLE001
                         traceback.print_exc()
                         err, ok = float("nan"), False
                     bad += not ok
-                    print(f"check m={m} n={n} k={k} g={g} q{bits} {str(dt)[6:]} bn={bn} nw={nw} split={split}: "
+                    print(f"check m={m} n={n} k={k} g={g} q{bits} {str(dt)[6:]} bn={bn} nw={nw} fold={fold} split={split}: "
                           f"{'ok' if ok else 'FAIL'} {err:.1e}", flush=True)  # fmt: skip
     return bad
 
@@ -65,6 +67,7 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--module", default="lut_wgmma", help="kernel module under memtool.kernels (A/B runs)")
     ap.add_argument("--stages", default="3")
+    ap.add_argument("--fold", default="0,1", help="0: exact per-tile scaling, 1: scale folded into the decode")
     ap.add_argument("--no-dispatch", action="store_true")
     ap.add_argument("--budget", type=float, default=400)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -105,7 +108,8 @@ def main():
                           f"{t16 / td:.2f}x   (wgmma prep alone {tp:.1f} us)", flush=True)  # fmt: skip
                 bm = min(64, max(8, 1 << (m - 1).bit_length()))
                 best = None
-                for nw, stg in ((int(v), int(sv)) for v in a.warps.split(",") for sv in a.stages.split(",")):
+                for nw, stg, fold in ((int(v), int(sv), fv == "1") for v in a.warps.split(",")
+                                      for sv in a.stages.split(",") for fv in a.fold.split(",")):  # fmt: skip
                     for bn in (int(v) for v in a.bns.split(",")):
                         if bm == 64 and bn > 64 and nw == 4:
                             continue  # spills
@@ -114,7 +118,7 @@ def main():
                         for wv in (float(v) for v in a.waves.split(",")):
                             blocks = (n // bn) * -(-m // bm)
                             split = max(1, min(round(wv * sms / blocks), k // 128))
-                            kw = {} if a.module.endswith("v1") else {"stages": stg}
+                            kw = {"stages": stg, "fold": fold}
                             try:
                                 y = WG.launch(x, w, bm, bn, split, nw, **kw)
                                 err = ((y.double() - ref).norm() / ref.norm()).item()
@@ -122,17 +126,17 @@ def main():
                             except Exception as e:  # noqa: BLE001
                                 print(f"  bm={bm} bn={bn} nw={nw} split={split}: FAIL {e!r}"[:400], flush=True)
                                 continue
-                            r = dict(n=n, k=k, m=m, bits=bits, bm=bm, bn=bn, nw=nw, stages=stg, split=split, us=t, fp16_us=t16,
+                            r = dict(n=n, k=k, m=m, bits=bits, bm=bm, bn=bn, nw=nw, stages=stg, fold=fold, split=split, us=t, fp16_us=t16,
                                      dispatch_us=td, prep_us=tp, speedup=t16 / t, err=err,
                                      tbps=(nb + m * k * 2 + m * n * 2) / t / 1e6)  # fmt: skip
                             res.append(r)
                             if best is None or t < best["us"]:
                                 best = r
-                            print(f"  q{bits} bm={bm} bn={bn} nw={nw} st={stg} split={split}: {t:.1f} us {t16 / t:.2f}x "
+                            print(f"  q{bits} bm={bm} bn={bn} nw={nw} st={stg} fold={int(fold)} split={split}: {t:.1f} us {t16 / t:.2f}x "
                                   f"{r['tbps']:.2f} TB/s err={err:.1e}", flush=True)  # fmt: skip
                 if best:
                     print(f"BEST {n}x{k} m={m} q{bits}: {best['us']:.1f} us {best['speedup']:.2f}x fp16 "
-                          f"(bn={best['bn']} nw={best['nw']} split={best['split']}); dispatcher "
+                          f"(bn={best['bn']} nw={best['nw']} fold={best['fold']} split={best['split']}); dispatcher "
                           f"{td if td is None else round(td, 1)} us", flush=True)  # fmt: skip
                 del cps
                 torch.cuda.empty_cache()

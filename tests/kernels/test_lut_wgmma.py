@@ -68,3 +68,22 @@ def test_supports_needs_a_hopper_gpu_and_whole_tiles():
 
     w = rand_weight("affine", 3, 64, 256, 128)
     assert not WG.supports(w, 1, 64, 256, torch.device("cpu"))
+
+
+@pytest.mark.parametrize("bf16", [False, True])
+@pytest.mark.parametrize("f", range(8))
+def test_fma_constants_undo_the_magic_number(f, bf16):
+    """The two packed constants of the decode FMA are 2^-f and -magic*2^-f in the activation dtype, so
+    ``(magic + c*2^f) * 2^-f - magic*2^-f == c`` for every code (checked in float64 on the decoded patterns)."""
+    import re
+
+    asm = WG._fma_asm.fn(f, bf16, False) if hasattr(WG._fma_asm, "fn") else WG._fma_asm(f, bf16, False)
+    s2, c2 = re.findall(r"mov\.b32 [sc], 0x([0-9a-f]{8})", asm)
+    dt = torch.bfloat16 if bf16 else torch.float16
+    val = lambda h: torch.tensor([int(h[4:], 16)], dtype=torch.int32).to(torch.int16).view(dt).double().item()  # noqa: E731
+    assert s2[:4] == s2[4:] and c2[:4] == c2[4:]
+    magic = 128.0 if bf16 else 1024.0
+    assert val(s2) == 2.0**-f and val(c2) == -magic * 2.0**-f
+    mb = 7 if bf16 else 10
+    for c in range(0, 1 << max(0, mb - f)):
+        assert (magic + c * 2**f) * val(s2) + val(c2) == c
