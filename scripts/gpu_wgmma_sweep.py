@@ -67,7 +67,8 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--module", default="lut_wgmma", help="kernel module under memtool.kernels (A/B runs)")
     ap.add_argument("--stages", default="3")
-    ap.add_argument("--fold", default="0,1", help="0: exact per-tile scaling, 1: scale folded into the decode")
+    ap.add_argument("--fold", default="auto", help="0: exact per-tile scaling, 1: scale folded into the decode, "
+                    "auto: the kernel's default (fold at bm >= 32); a comma list sweeps")
     ap.add_argument("--no-dispatch", action="store_true")
     ap.add_argument("--budget", type=float, default=400)
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
@@ -108,7 +109,7 @@ def main():
                           f"{t16 / td:.2f}x   (wgmma prep alone {tp:.1f} us)", flush=True)  # fmt: skip
                 bm = min(64, max(8, 1 << (m - 1).bit_length()))
                 best = None
-                for nw, stg, fold in ((int(v), int(sv), fv == "1") for v in a.warps.split(",")
+                for nw, stg, fold in ((int(v), int(sv), None if fv == "auto" else fv == "1") for v in a.warps.split(",")
                                       for sv in a.stages.split(",") for fv in a.fold.split(",")):  # fmt: skip
                     for bn in (int(v) for v in a.bns.split(",")):
                         if bm == 64 and bn > 64 and nw == 4:
@@ -132,7 +133,7 @@ def main():
                             res.append(r)
                             if best is None or t < best["us"]:
                                 best = r
-                            print(f"  q{bits} bm={bm} bn={bn} nw={nw} st={stg} fold={int(fold)} split={split}: {t:.1f} us {t16 / t:.2f}x "
+                            print(f"  q{bits} bm={bm} bn={bn} nw={nw} st={stg} fold={fold} split={split}: {t:.1f} us {t16 / t:.2f}x "
                                   f"{r['tbps']:.2f} TB/s err={err:.1e}", flush=True)  # fmt: skip
                 if best:
                     print(f"BEST {n}x{k} m={m} q{bits}: {best['us']:.1f} us {best['speedup']:.2f}x fp16 "

@@ -1,10 +1,13 @@
 """Triton kernels for ``y = x @ W^T`` with W a :class:`~memtool.kernels.lut_types.LutWeight`.
 
-Three paths read the packed words of :mod:`memtool.kernels.lut_layout` (tile layout: a block of 64 rows x 4
+Four paths read the packed words of :mod:`memtool.kernels.lut_layout` (tile layout: a block of 64 rows x 4
 units of one plane is one contiguous run; 16-byte vector loads) and decode in registers, fp32 accumulation:
 
+* ``wgmma`` (Hopper, affine 2/3/4-bit, whole tiles; :mod:`memtool.kernels.lut_wgmma`, Gluon): the decoded
+  codes are wgmma's A operand in registers, no layout conversion; the tuner's pick at every M on H100/H200
+  (H200, 3-bit: 2.5x / 2.0x / 1.45x cuBLAS fp16 at M = 1 / 16 / 64).
 * ``fast`` (affine weights, small M; :mod:`memtool.kernels.lut_gemv`): one ``lop3`` per code into an fp32
-  mantissa, no converts; the first choice at M=1 (2.0-2.2x cuBLAS fp16 on an H200 at 3 bits).
+  mantissa, no converts; the first choice at M=1 off Hopper (2.0-2.2x cuBLAS fp16 on an H200 at 3 bits).
 * ``_gemv_kernel`` (small M, no tensor cores; one program per activation row x BN output rows x a K-range
   of units). Split-K partial sums go to an fp32 ``[S, M, N]`` buffer that ``_reduce_kernel`` adds up
   (deterministic). Per word, one shift + one AND/OR put two codes into the two fp16 halves of

@@ -174,8 +174,7 @@ def prep_activations(x2: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.T
 
 
 # ---------------------------------------------------------------------------------------------- kernel
-@triton.constexpr_function
-def _fma_asm(f, bf16, fold):
+def _fma_asm_text(f, bf16, fold):
     """PTX: two codes at bit f of a magic-number pair -> exact codes: ``v * 2^-f - magic * 2^-f`` (both
     constants are signed powers of two, magic = 2^10 fp16, 2^7 bf16, written as 16-bit patterns); with
     ``fold`` also the weights ``code * s + b`` ($3 = (s, s), $4 = (b, b); one rounding)."""
@@ -191,6 +190,7 @@ def _fma_asm(f, bf16, fold):
 
 
 if HAVE_GLUON:
+    _fma_asm = triton.constexpr_function(_fma_asm_text)
 
     @gluon.jit
     def _wsel(w0, w1, w2, w3, P: gl.constexpr):

@@ -77,7 +77,7 @@ def test_fma_constants_undo_the_magic_number(f, bf16):
     ``(magic + c*2^f) * 2^-f - magic*2^-f == c`` for every code (checked in float64 on the decoded patterns)."""
     import re
 
-    asm = WG._fma_asm.fn(f, bf16, False) if hasattr(WG._fma_asm, "fn") else WG._fma_asm(f, bf16, False)
+    asm = WG._fma_asm_text(f, bf16, False)
     s2, c2 = re.findall(r"mov\.b32 [sc], 0x([0-9a-f]{8})", asm)
     dt = torch.bfloat16 if bf16 else torch.float16
     val = lambda h: torch.tensor([int(h[4:], 16)], dtype=torch.int32).to(torch.int16).view(dt).double().item()  # noqa: E731
