@@ -133,6 +133,15 @@ def graph_time_us(fns, reps=1):
     return t * 1000.0 / (len(fns) * reps)
 
 
+def cublas_fp16_us(x, n, k, l2):
+    """cuBLAS fp16 ``F.linear`` time of x [M, K] against rotated random [N, K] weights (graph_time_us)."""
+    cps = [torch.randn(n, k, device=x.device, dtype=torch.float16) * 0.02 for _ in range(n_copies(n * k * 2, l2))]
+    t = graph_time_us([lambda W=W: torch.nn.functional.linear(x, W) for W in cps])
+    del cps
+    torch.cuda.empty_cache()
+    return t
+
+
 def copy_bandwidth():
     a = torch.empty(2**28, dtype=torch.float32, device="cuda")  # 1 GiB
     b = torch.empty_like(a)
@@ -153,7 +162,7 @@ def bench(args, l2, bw_copy, deadline):
     ms = [int(v) for v in args.ms.split(",")]
     bitss = [int(v) for v in args.bits.split(",")]
     res = []
-    fp16_cache, tiny_cache = {}, {}
+    fp16_cache = {}
     for n, k in shapes:
         for m in ms:
             xk = torch.randn(m, k, device=dev, dtype=torch.float16)
@@ -233,7 +242,7 @@ def main():
     with open(os.path.join(args.out, "gpu_lut_bench.json"), "w") as f:
         json.dump({"device": props.name, "copy_bw": bw, "check": rows, "bench": res}, f, indent=1)
     log("")
-    log(f"| N x K | M | bits | LUT us | fp16 us | speedup | tinygemm x | TB/s | % copy BW | cfg |")
+    log("| N x K | M | bits | LUT us | fp16 us | speedup | tinygemm x | TB/s | % copy BW | cfg |")
     log("|---|---|---|---|---|---|---|---|---|---|")
     for r in res:
         ts = f"{r['tiny_speedup']:.2f}" if r["tiny_speedup"] else "n/a"

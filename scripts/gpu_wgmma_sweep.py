@@ -25,7 +25,7 @@ from memtool.kernels import LutWeight  # noqa: E402
 from memtool.kernels import lut_triton as LT  # noqa: E402
 from memtool.kernels import lut_wgmma as WG  # noqa: E402
 from memtool.kernels.lut_ref import lut_matmul_f64  # noqa: E402
-from scripts.gpu_lut_bench import graph_time_us, n_copies, rand_weight  # noqa: E402
+from scripts.gpu_lut_bench import cublas_fp16_us, graph_time_us, n_copies, rand_weight  # noqa: E402
 
 
 def check(dev):
@@ -39,7 +39,8 @@ def check(dev):
                 x = torch.randn(m, k, device=dev, dtype=dt)
                 ref = lut_matmul_f64(x, w)
                 bm = min(64, max(8, 1 << (m - 1).bit_length()))
-                for nw, fold in ((4, False), (8, False), (4, True)) if bn == 128 and bm < 64 else ((4, False), (4, True)):
+                variants = ((4, False), (8, False), (4, True)) if bn == 128 and bm < 64 else ((4, False), (4, True))
+                for nw, fold in variants:
                     if nw * 32 > bn * 2 or (nw == 8 and bn == 64):
                         continue
                     try:
@@ -51,8 +52,8 @@ def check(dev):
                         traceback.print_exc()
                         err, ok = float("nan"), False
                     bad += not ok
-                    print(f"check m={m} n={n} k={k} g={g} q{bits} {str(dt)[6:]} bn={bn} nw={nw} fold={fold} split={split}: "
-                          f"{'ok' if ok else 'FAIL'} {err:.1e}", flush=True)  # fmt: skip
+                    print(f"check m={m} n={n} k={k} g={g} q{bits} {str(dt)[6:]} bn={bn} nw={nw} fold={fold} "
+                          f"split={split}: {'ok' if ok else 'FAIL'} {err:.1e}", flush=True)  # fmt: skip
     return bad
 
 
@@ -88,9 +89,7 @@ def main():
         n, k = (int(v) for v in sh.split("x"))
         for m in (int(v) for v in a.ms.split(",")):
             x = torch.randn(m, k, device=dev, dtype=torch.float16)
-            cps = [torch.randn(n, k, device=dev, dtype=torch.float16) * 0.02 for _ in range(n_copies(n * k * 2, l2))]
-            t16 = graph_time_us([lambda W=W: torch.nn.functional.linear(x, W) for W in cps])
-            del cps
+            t16 = cublas_fp16_us(x, n, k, l2)
             print(f"{n}x{k} m={m} cuBLAS fp16 {t16:.1f} us", flush=True)
             for bits in (int(v) for v in a.bits.split(",")):
                 if time.time() - t0 > a.budget:
@@ -127,13 +126,14 @@ def main():
                             except Exception as e:  # noqa: BLE001
                                 print(f"  bm={bm} bn={bn} nw={nw} split={split}: FAIL {e!r}"[:400], flush=True)
                                 continue
-                            r = dict(n=n, k=k, m=m, bits=bits, bm=bm, bn=bn, nw=nw, stages=stg, fold=fold, split=split, us=t, fp16_us=t16,
-                                     dispatch_us=td, prep_us=tp, speedup=t16 / t, err=err,
+                            r = dict(n=n, k=k, m=m, bits=bits, bm=bm, bn=bn, nw=nw, stages=stg, fold=fold, split=split,
+                                     us=t, fp16_us=t16, dispatch_us=td, prep_us=tp, speedup=t16 / t, err=err,
                                      tbps=(nb + m * k * 2 + m * n * 2) / t / 1e6)  # fmt: skip
                             res.append(r)
                             if best is None or t < best["us"]:
                                 best = r
-                            print(f"  q{bits} bm={bm} bn={bn} nw={nw} st={stg} fold={fold} split={split}: {t:.1f} us {t16 / t:.2f}x "
+                            print(f"  q{bits} bm={bm} bn={bn} nw={nw} st={stg} fold={fold} split={split}: "
+                                  f"{t:.1f} us {t16 / t:.2f}x "
                                   f"{r['tbps']:.2f} TB/s err={err:.1e}", flush=True)  # fmt: skip
                 if best:
                     print(f"BEST {n}x{k} m={m} q{bits}: {best['us']:.1f} us {best['speedup']:.2f}x fp16 "

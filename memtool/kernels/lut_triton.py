@@ -18,7 +18,7 @@ units of one plane is one contiguous run; 16-byte vector loads) and decode in re
   ``scale * sum(x*(1024+c)) + (bias - 1024*scale) * sum(x)``. bcq and table weights are decoded to real
   fp32 weights per element instead (bit sums / a table gather). The next tile's words are prefetched
   into registers while the current one is decoded.
-* ``_dot_kernel`` (tensor cores, any M; tuned against the GEMV for M <= 16). ``_prep_kernel`` first
+* ``_dot_kernel`` (tensor cores, any M; tuned against the GEMV for M <= 16). ``_gather_kernel`` first
   gathers the activations into the tile's (permuted) order, so the kernel reads contiguous vectors. The
   same pair decode produces a [BN, 32*BU] tile (16 pairs joined and reshaped). Every tile lies inside one
   group, so exact tiles go into ``tl.dot`` and the group's parameters scale the fp32 results:
@@ -30,7 +30,8 @@ On the GPU the fp16 halves are split with ``tl.inline_asm_elementwise`` (``mov.b
 values and everything is upcast to fp32 right after loading (the interpreter mishandles bf16).
 
 Launch configurations are chosen per shape by timing the candidates on the first call on a GPU, each in a
-CUDA graph (GPU time only; ``MEMTOOL_LUT_TUNE=0``: the first candidate that compiles; inside someone else's
+CUDA graph (GPU time only; ``MEMTOOL_LUT_TUNE=0``: the first candidate that compiles; ``MEMTOOL_LUT_ALL_PATHS=1``:
+time the Triton paths next to the wgmma kernel on Hopper; inside someone else's
 graph capture: the first candidate, tuned later); the choice is cached in-process.
 Measured numbers and the known gaps: docs/bench/lut_kernels.md.
 """
@@ -489,16 +490,20 @@ def _dot_kernel(
 
 
 @triton.jit
-def _prep_kernel(x_ptr, perm_ptr, xs_ptr, K, KU, stride_xm, BU: tl.constexpr):
-    """Gather activations into the dot kernel's order: [M, KU, 32] in ``dot_perm`` order, 0 past K, so
-    the dot kernel reads contiguous 16-byte vectors instead of gathering."""
+def _gather_kernel(x_ptr, perm_ptr, xp_ptr, xs_ptr, K, NB, stride_xm, W: tl.constexpr, TB: tl.constexpr,
+                   SUMS: tl.constexpr):  # fmt: skip
+    """Activations into a kernel's k order: x [M, K] -> xp [M, NB * W], column j of block b = x[b*W + perm[j]]
+    (0 past K), so the kernel reads contiguous vectors instead of gathering; SUMS: xs [M, NB] = fp32 sum of
+    each block. One program: TB blocks of one row."""
     m = tl.program_id(1)
-    units = tl.program_id(0) * BU + tl.arange(0, BU)
-    slots = tl.arange(0, 32)
-    k = units[:, None] * 32 + tl.load(perm_ptr + slots)[None, :]
-    um = (units < KU)[:, None]
-    x = tl.load(x_ptr + m.to(tl.int64) * stride_xm + k, mask=um & (k < K), other=0.0)
-    tl.store(xs_ptr + m.to(tl.int64) * 32 * KU + units[:, None] * 32 + slots[None, :], x, mask=um)
+    b = tl.program_id(0) * TB + tl.arange(0, TB)
+    j = tl.arange(0, W)
+    k = b[:, None] * W + tl.load(perm_ptr + j)[None, :]
+    bm = (b < NB)[:, None]
+    x = tl.load(x_ptr + m.to(tl.int64) * stride_xm + k, mask=bm & (k < K), other=0.0)
+    tl.store(xp_ptr + m.to(tl.int64) * NB * W + b[:, None] * W + j[None, :], x, mask=bm)
+    if SUMS:
+        tl.store(xs_ptr + m.to(tl.int64) * NB + b, tl.sum(x.to(tl.float32), axis=1), mask=b < NB)
 
 
 @triton.jit
@@ -565,20 +570,26 @@ def _split_for(blocks: int, ku: int, bu: int, sms: int, waves: float = 4.0) -> i
     return max(1, min(s, tiles))
 
 
-def candidates(m: int, n: int, k: int, w: LutWeight, device) -> list[Config]:
-    """Launch configurations worth timing for this shape (the first is the default)."""
+def candidates(m: int, n: int, k: int, w: LutWeight, device, wgmma: bool = True) -> list[Config]:
+    """Launch configurations worth timing for this shape (the first is the default). Where the Hopper wgmma
+    kernel applies, only its configurations (``MEMTOOL_LUT_ALL_PATHS=1``: all paths; ``wgmma=False``: the
+    Triton paths only)."""
     ku = lut_layout.num_units(k)
     sms = _sm_count(device)
     out = []
     from memtool.kernels import lut_wgmma
 
-    if lut_wgmma.supports(w, m, n, k, device):
-        # Hopper tensor cores fed from registers (lut_wgmma.py): measured best at every M on an H200
+    if wgmma and lut_wgmma.supports(w, m, n, k, device):
+        # Hopper tensor cores fed from registers (lut_wgmma.py): the best at every M and shape measured on an
+        # H200 and an H100 (docs/bench/lut_kernels.md), so the other paths are not timed (tuning a shape
+        # compiles and times 8 configurations instead of ~30)
         bm = min(64, max(8, 1 << (m - 1).bit_length()))
         for bn, nw in ((64, 4), (128, 8)):
             blocks = n // bn * -(-m // bm)
             for waves in (4.0, 2.0, 8.0, 1.0):  # the first candidate is the untuned default
                 out.append(Config("wgmma", bm, bn, 4, _split_for(blocks, ku // 4, 1, sms, waves), nw, 3))
+        if os.environ.get("MEMTOOL_LUT_ALL_PATHS", "0") != "1":
+            return out
     if w.kind == "affine" and m <= 8:
         # fast GEMV (lut_gemv.py): tiles of BN rows x 4 units, pipelined loads; measured best on an H200 first
         for bn, nw, st, waves in ((256, 4, 3, 4.0), (256, 4, 3, 2.0), (256, 4, 3, 8.0), (256, 4, 2, 4.0),
@@ -663,7 +674,7 @@ def launch(x2: torch.Tensor, w: LutWeight, cfg: Config, out: Optional[torch.Tens
         xd = torch.empty(m, ku * 32, dtype=x2.dtype, device=dev)
         pb = 32
         perm = device_table("dot_perm", w.bits, dev, dot_perm, torch.int32)
-        _prep_kernel[(triton.cdiv(ku, pb), m)](x2, perm, xd, k, ku, x2.stride(0), BU=pb)
+        _gather_kernel[(triton.cdiv(ku, pb), m)](x2, perm, xd, xd, k, ku, x2.stride(0), W=32, TB=pb, SUMS=False)
         common["stride_xm"] = 32 * ku
         _dot_kernel[grid](
             xd, w.qweight, p0, p1, tab, tab, dst, **common,
@@ -704,6 +715,27 @@ def _time(fn, trials: int = 3, calls: int = 10) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
+def _pick(x2: torch.Tensor, w: LutWeight, cands: list[Config]) -> Optional[Config]:
+    """The fastest of ``cands`` (GPU time), or where tuning is off the first that runs; None if none runs."""
+    if _interpreting() or x2.device.type != "cuda" or os.environ.get("MEMTOOL_LUT_TUNE", "1") == "0":
+        for c in cands:
+            try:
+                launch(x2, w, c)
+            except Exception:  # noqa: BLE001  (a Triton version may reject a block shape)
+                continue
+            return c
+        return None
+    best = None
+    for c in cands:
+        try:
+            t = _time(lambda: launch(x2, w, c))
+        except Exception:  # noqa: BLE001  (a config that does not compile / fit is skipped)
+            continue
+        if best is None or t < best[0]:
+            best = (t, c)
+    return best[1] if best else None
+
+
 def choose(x2: torch.Tensor, w: LutWeight) -> Config:
     m, k = x2.shape
     n = w.out_features
@@ -714,26 +746,10 @@ def choose(x2: torch.Tensor, w: LutWeight) -> Config:
     cands = candidates(m, n, k, w, x2.device)
     if x2.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return cands[0]  # no timing inside someone's graph capture; tuned at the first call outside one
-    if _interpreting() or x2.device.type != "cuda" or os.environ.get("MEMTOOL_LUT_TUNE", "1") == "0":
-        cfg = None
-        for c in cands:  # the first configuration that compiles here
-            try:
-                launch(x2, w, c)
-            except Exception:  # noqa: BLE001  (a Triton version may reject a block shape)
-                continue
-            cfg = c
-            break
-        cfg = cfg or cands[0]
-    else:
-        best = None
-        for c in cands:
-            try:
-                t = _time(lambda: launch(x2, w, c))
-            except Exception:  # noqa: BLE001  (a config that does not compile / fit is skipped)
-                continue
-            if best is None or t < best[0]:
-                best = (t, c)
-        cfg = best[1] if best else cands[0]
+    cfg = _pick(x2, w, cands)
+    if cfg is None and cands and cands[0].path == "wgmma":  # Gluon could not build it here: the Triton paths
+        cfg = _pick(x2, w, candidates(m, n, k, w, x2.device, wgmma=False))
+    cfg = cfg or cands[0]
     _TUNED[key] = cfg
     return cfg
 

@@ -1,6 +1,6 @@
 """Hopper tensor-core kernel for affine LUT weights: decoded codes go from registers straight into ``wgmma``.
 
-Why a third kernel
+Why another kernel
 ------------------
 The Triton ``tl.dot`` path (:mod:`memtool.kernels.lut_triton`) decodes a tile in a blocked layout and Triton
 moves it through shared memory into the MMA operand layout: ~16 instructions per weight and 0.5-0.9x
@@ -23,13 +23,20 @@ Decode (``pair_plan``): one ``lop3`` puts a pair of codes (the two 16-bit halves
 mantissas of two fp16 (``0x6400 | c << f`` = 1024 + c*2^f) or bf16 (``0x4300``) numbers and one packed FMA
 ``v * 2^-f - 1024 * 2^-f`` makes them the exact codes; fields are left where they are in the word when they
 fit the mantissa, so one shift serves several pairs (~1.1-1.3 instructions per weight). Each tile lies in
-one group (group size a multiple of 128, or per-channel): ``y += s * (codes . x) + b * sum(x)`` per tile,
-with ``sum(x)`` per tile from the prep kernel.
+one group (group size 128 * 2^i, or per-channel): ``y += s * (codes . x) + b * sum(x)`` per tile, with
+``sum(x)`` per tile from the prep kernel; at M >= 32 the scale is folded into the decode instead
+(``fma(code, s, b)`` in fp16/bf16) and wgmma accumulates over all of K.
+
+Latency: the words are loaded two tiles ahead into registers, the activation tiles stream through a cp.async
+ring in shared memory, and at M <= 8 two tiles go per iteration so one is decoded while the other's (async)
+wgmma runs. Measured (docs/bench/lut_kernels.md): 2.5x / 2.0x / 1.45x cuBLAS fp16 at M = 1 / 16 / 64 on an
+H200 (3-bit, 8192x28672), 3.3x / 2.7x / 2.0x on an H100.
 
 Only on a CUDA device of compute capability 9.x with a Triton that has Gluon; the dispatcher
 (:mod:`memtool.kernels.lut_triton`) offers it as path ``"wgmma"`` when :func:`supports` says yes. The
 plan and the k permutation are checked on the CPU by emulating the decode with torch
-(``tests/kernels/test_lut_wgmma.py``); the kernel itself on the GPU by ``scripts/gpu_lut_bench.py``.
+(``tests/kernels/test_lut_wgmma.py``); the kernel itself on the GPU against float64 by
+``scripts/gpu_wgmma_sweep.py`` (every variant: bits, dtypes, group sizes, ragged M, split-K).
 """
 
 from __future__ import annotations
@@ -39,10 +46,9 @@ from typing import Optional
 
 import torch
 import triton
-import triton.language as tl
 
 from memtool.kernels import lut_layout
-from memtool.kernels.lut_triton import _reduce_kernel, device_table
+from memtool.kernels.lut_triton import _gather_kernel, _reduce_kernel, device_table
 
 try:  # Gluon (Triton >= 3.5); the kernel below is only defined where it exists
     from triton.experimental import gluon
@@ -137,7 +143,7 @@ def emulate_tile(words: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Te
 
 def supports(w, m: int, n: int, k: int, device) -> bool:
     """True where this kernel can run: affine 2/3/4-bit weights whose tiles lie in one group (group size
-    128 * 2^i or per-channel), whole tiles (N % 64 == 0, K % 128 == 0), fp16/bf16 activations on a Hopper GPU with Gluon."""
+    128 * 2^i or per-channel), whole tiles (N % 64 == 0, K % 128 == 0), on a Hopper GPU with Gluon."""
     if not HAVE_GLUON or device.type != "cuda" or w.kind != "affine" or w.bits not in BITS_OK:
         return False
     if torch.cuda.get_device_capability(device)[0] != 9:
@@ -148,28 +154,16 @@ def supports(w, m: int, n: int, k: int, device) -> bool:
     return w.groups == 1 or (w.group_size % TILE_K == 0 and tpg & (tpg - 1) == 0)
 
 
-# -------------------------------------------------------------------------------------------- prep (tl)
-@triton.jit
-def _wg_prep_kernel(x_ptr, perm_ptr, xp_ptr, xs_ptr, K, NT, stride_xm, TB: tl.constexpr):
-    """x [M, K] -> xp [M, NT*128] in the kernel's k' order and xs [M, NT] = fp32 sum of each tile."""
-    m = tl.program_id(1)
-    t = tl.program_id(0) * TB + tl.arange(0, TB)
-    kp = tl.arange(0, 128)
-    k = t[:, None] * 128 + tl.load(perm_ptr + kp)[None, :]
-    tm = (t < NT)[:, None]
-    x = tl.load(x_ptr + m.to(tl.int64) * stride_xm + k, mask=tm & (k < K), other=0.0)
-    tl.store(xp_ptr + m.to(tl.int64) * NT * 128 + t[:, None] * 128 + kp[None, :], x, mask=tm)
-    tl.store(xs_ptr + m.to(tl.int64) * NT + t, tl.sum(x.to(tl.float32), axis=1), mask=t < NT)
-
-
+# ------------------------------------------------------------------------------------------------ prep
 def prep_activations(x2: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """x2 [M, K] -> (xp [M, NT*128] in the kernel's k' order (:func:`tile_perm`), xs [M, NT] fp32 tile sums)."""
     m, k = x2.shape
     nt = -(-k // TILE_K)
     xp = torch.empty(m, nt * TILE_K, dtype=x2.dtype, device=x2.device)
     xs = torch.empty(m, nt, dtype=torch.float32, device=x2.device)
     perm = device_table("wgmma_perm", bits, x2.device, tile_perm, torch.int32)
     tb = 4
-    _wg_prep_kernel[(triton.cdiv(nt, tb), m)](x2, perm, xp, xs, k, nt, x2.stride(0), TB=tb)
+    _gather_kernel[(triton.cdiv(nt, tb), m)](x2, perm, xp, xs, k, nt, x2.stride(0), W=TILE_K, TB=tb, SUMS=True)
     return xp, xs
 
 

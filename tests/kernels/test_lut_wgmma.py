@@ -80,10 +80,39 @@ def test_fma_constants_undo_the_magic_number(f, bf16):
     asm = WG._fma_asm_text(f, bf16, False)
     s2, c2 = re.findall(r"mov\.b32 [sc], 0x([0-9a-f]{8})", asm)
     dt = torch.bfloat16 if bf16 else torch.float16
-    val = lambda h: torch.tensor([int(h[4:], 16)], dtype=torch.int32).to(torch.int16).view(dt).double().item()  # noqa: E731
+    def val(h):  # the low 16-bit pattern of h as a dt number
+        return torch.tensor([int(h[4:], 16)], dtype=torch.int32).to(torch.int16).view(dt).double().item()
+
     assert s2[:4] == s2[4:] and c2[:4] == c2[4:]
     magic = 128.0 if bf16 else 1024.0
     assert val(s2) == 2.0**-f and val(c2) == -magic * 2.0**-f
     mb = 7 if bf16 else 10
     for c in range(0, 1 << max(0, mb - f)):
         assert (magic + c * 2**f) * val(s2) + val(c2) == c
+
+
+def test_dispatcher_offers_only_wgmma_where_it_applies_and_falls_back(monkeypatch):
+    """Where lut_wgmma.supports says yes the tuner times only wgmma configurations; if none of them builds
+    (an incompatible Gluon), the Triton paths are tuned instead and the result is still right."""
+    from memtool.kernels import lut_triton as LT
+    from memtool.kernels.lut_ref import lut_matmul_f64
+
+    from .helpers import rand_weight, rel_err
+
+    w = rand_weight("affine", 3, 64, 256, 128)
+    x = torch.randn(2, 256, dtype=torch.float16)
+    monkeypatch.setattr(WG, "supports", lambda *a: True)
+    cands = LT.candidates(2, 64, 256, w, x.device)
+    assert cands and {c.path for c in cands} == {"wgmma"}
+    monkeypatch.setenv("MEMTOOL_LUT_ALL_PATHS", "1")
+    assert {c.path for c in LT.candidates(2, 64, 256, w, x.device)} > {"wgmma"}
+    monkeypatch.delenv("MEMTOOL_LUT_ALL_PATHS")
+
+    def broken(*a, **k):
+        raise RuntimeError("no Gluon here")
+
+    monkeypatch.setattr(WG, "launch", broken)
+    monkeypatch.setattr(LT, "_TUNED", {})
+    cfg = LT.choose(x, w)
+    assert cfg.path != "wgmma"
+    assert rel_err(LT.launch(x, w, cfg), lut_matmul_f64(x, w)) < 1e-3
