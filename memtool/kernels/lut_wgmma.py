@@ -303,7 +303,9 @@ if HAVE_GLUON:
         while the first one's wgmma runs and the first one scaled while the second one's runs (measured:
         M=1 52.7 -> 47.2 us; at BM >= 16 the extra registers cost more than the overlap gains). The warps
         split the rows in 16s (WB); the rest of the row bits are registers (RB). Tile t is in group
-        t >> GSH; a tile past the range (odd count with PAIR) is decoded but scaled by zero."""
+        t >> GSH; a tile past the range (odd count with PAIR) is decoded but scaled by zero. FOLD (BM >= 32, not
+        with PAIR): the decode makes the weights ``code * s + b`` and wgmma accumulates over all of K, so
+        there is no per-tile scaling (M=64: 120 -> 88 us)."""
         pid_n = gl.program_id(0)
         pid_s = gl.program_id(1)
         pid_m = gl.program_id(2)
