@@ -68,6 +68,7 @@ def main():
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--module", default="lut_wgmma", help="kernel module under memtool.kernels (A/B runs)")
     ap.add_argument("--stages", default="3")
+    ap.add_argument("--maxnreg", default="0", help="register caps to sweep (0: the compiler's choice)")
     ap.add_argument("--fold", default="auto", help="0: exact per-tile scaling, 1: scale folded into the decode, "
                     "auto: the kernel's default (fold at bm >= 32); a comma list sweeps")
     ap.add_argument("--no-dispatch", action="store_true")
@@ -108,8 +109,9 @@ def main():
                           f"{t16 / td:.2f}x   (wgmma prep alone {tp:.1f} us)", flush=True)  # fmt: skip
                 bm = min(64, max(8, 1 << (m - 1).bit_length()))
                 best = None
-                for nw, stg, fold in ((int(v), int(sv), None if fv == "auto" else fv == "1") for v in a.warps.split(",")
-                                      for sv in a.stages.split(",") for fv in a.fold.split(",")):  # fmt: skip
+                for nw, stg, fold, reg in ((int(v), int(sv), None if fv == "auto" else fv == "1", int(rv))
+                                           for v in a.warps.split(",") for sv in a.stages.split(",")
+                                           for fv in a.fold.split(",") for rv in a.maxnreg.split(",")):  # fmt: skip
                     for bn in (int(v) for v in a.bns.split(",")):
                         if bm == 64 and bn > 64 and nw == 4:
                             continue  # spills
@@ -118,7 +120,7 @@ def main():
                         for wv in (float(v) for v in a.waves.split(",")):
                             blocks = (n // bn) * -(-m // bm)
                             split = max(1, min(round(wv * sms / blocks), k // 128))
-                            kw = {"stages": stg, "fold": fold}
+                            kw = {"stages": stg, "fold": fold, "maxnreg": reg}
                             try:
                                 y = WG.launch(x, w, bm, bn, split, nw, **kw)
                                 err = ((y.double() - ref).norm() / ref.norm()).item()
@@ -126,13 +128,13 @@ def main():
                             except Exception as e:  # noqa: BLE001
                                 print(f"  bm={bm} bn={bn} nw={nw} split={split}: FAIL {e!r}"[:400], flush=True)
                                 continue
-                            r = dict(n=n, k=k, m=m, bits=bits, bm=bm, bn=bn, nw=nw, stages=stg, fold=fold, split=split,
-                                     us=t, fp16_us=t16, dispatch_us=td, prep_us=tp, speedup=t16 / t, err=err,
+                            r = dict(n=n, k=k, m=m, bits=bits, bm=bm, bn=bn, nw=nw, stages=stg, fold=fold, maxnreg=reg,
+                                     split=split, us=t, fp16_us=t16, dispatch_us=td, prep_us=tp, speedup=t16 / t, err=err,
                                      tbps=(nb + m * k * 2 + m * n * 2) / t / 1e6)  # fmt: skip
                             res.append(r)
                             if best is None or t < best["us"]:
                                 best = r
-                            print(f"  q{bits} bm={bm} bn={bn} nw={nw} st={stg} fold={fold} split={split}: "
+                            print(f"  q{bits} bm={bm} bn={bn} nw={nw} st={stg} fold={fold} reg={reg} split={split}: "
                                   f"{t:.1f} us {t16 / t:.2f}x "
                                   f"{r['tbps']:.2f} TB/s err={err:.1e}", flush=True)  # fmt: skip
                 if best:

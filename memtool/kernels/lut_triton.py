@@ -553,6 +553,7 @@ class Config:
     split: int = 1
     num_warps: int = 4
     num_stages: int = 2
+    maxnreg: int = 0  # register cap per thread (0: the compiler's choice); wgmma path only
 
 
 _TL_DT = {torch.float16: tl.float16, torch.bfloat16: tl.bfloat16, torch.float32: tl.float32}
@@ -582,12 +583,15 @@ def candidates(m: int, n: int, k: int, w: LutWeight, device, wgmma: bool = True)
     if wgmma and lut_wgmma.supports(w, m, n, k, device):
         # Hopper tensor cores fed from registers (lut_wgmma.py): the best at every M and shape measured on an
         # H200 and an H100 (docs/bench/lut_kernels.md), so the other paths are not timed (tuning a shape
-        # compiles and times 8 configurations instead of ~30)
+        # compiles and times 10 configurations instead of ~30)
         bm = min(64, max(8, 1 << (m - 1).bit_length()))
-        for bn, nw in ((64, 4), (128, 8)):
+        # (rows, warps, waves, register cap): ncu shows the kernel register-limited at 4 programs per SM; a cap
+        # of 96 registers (5 programs) compiles without spills at bm <= 16 but is not measured yet: timed here
+        for bn, nw, waves, reg in ((64, 4, 4.0, 0), (64, 4, 2.0, 0), (64, 4, 8.0, 0), (64, 4, 1.0, 0),
+                                   (128, 8, 4.0, 0), (128, 8, 2.0, 0), (128, 8, 8.0, 0), (128, 8, 1.0, 0),
+                                   (64, 4, 4.0, 96), (64, 4, 2.0, 96)):  # fmt: skip
             blocks = n // bn * -(-m // bm)
-            for waves in (4.0, 2.0, 8.0, 1.0):  # the first candidate is the untuned default
-                out.append(Config("wgmma", bm, bn, 4, _split_for(blocks, ku // 4, 1, sms, waves), nw, 3))
+            out.append(Config("wgmma", bm, bn, 4, _split_for(blocks, ku // 4, 1, sms, waves), nw, 3, reg))
         if os.environ.get("MEMTOOL_LUT_ALL_PATHS", "0") != "1":
             return out
     if w.kind == "affine" and m <= 8:
@@ -627,7 +631,8 @@ def launch(x2: torch.Tensor, w: LutWeight, cfg: Config, out: Optional[torch.Tens
     if cfg.path == "wgmma":
         from memtool.kernels import lut_wgmma
 
-        return lut_wgmma.launch(x2, w, cfg.bm, cfg.bn, cfg.split, cfg.num_warps, cfg.num_stages, out=out)
+        return lut_wgmma.launch(x2, w, cfg.bm, cfg.bn, cfg.split, cfg.num_warps, cfg.num_stages, out=out,
+                                maxnreg=cfg.maxnreg)  # fmt: skip
     m, k = x2.shape
     n = w.out_features
     ku = lut_layout.num_units(k)

@@ -408,13 +408,14 @@ def row_bases(bn: int, num_warps: int) -> tuple[tuple[int, int], ...]:
 
 
 def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4, stages: int = 3,
-           pair: Optional[bool] = None, fold: Optional[bool] = None,
+           pair: Optional[bool] = None, fold: Optional[bool] = None, maxnreg: int = 0,
            out: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
     """y = x2 @ W^T through the wgmma kernel (the caller checked :func:`supports`). ``stages``: tiles of
     activations in flight; ``pair`` (default: bm <= 8): two tiles per iteration; ``fold`` (default:
     bm >= 32, not with pair): the decode makes the weights ``code * s + b`` in fp16/bf16 (one rounding a
     weight, like a dequantized model) and wgmma accumulates over all of K, instead of exact codes scaled in
-    fp32 per tile (measured on an H200 at M=64: 120 -> 88 us; max relative error 3.2e-4 vs 2.1e-4)."""
+    fp32 per tile (measured on an H200 at M=64: 120 -> 88 us; max relative error 3.2e-4 vs 2.1e-4);
+    ``maxnreg``: register cap per thread (0: ptxas decides; 128 at bm 16, 4 programs per SM)."""
     m, k = x2.shape
     n = w.out_features
     ku = lut_layout.num_units(k)
@@ -443,7 +444,7 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
         BITS=w.bits, BN=bn, BM=bm, PLAN=pair_plan(w.bits, MANTISSA[x2.dtype]), BF16=bf16, NW=num_warps,
         RB=row_bases(bn, num_warps), STAGES=max(4 if pair else 2, stages + 2 if pair else stages), PAIR=pair,
         FOLD=fold and not pair,
-        num_warps=num_warps,
+        num_warps=num_warps, maxnreg=maxnreg or None,
     )  # fmt: skip
     if split > 1:
         block = 1024
