@@ -571,7 +571,8 @@ def _split_for(blocks: int, ku: int, bu: int, sms: int, waves: float = 4.0) -> i
     return max(1, min(s, tiles))
 
 
-def candidates(m: int, n: int, k: int, w: LutWeight, device, wgmma: bool = True) -> list[Config]:
+def candidates(m: int, n: int, k: int, w: LutWeight, device, wgmma: bool = True,
+               dtype: Optional[torch.dtype] = None) -> list[Config]:  # fmt: skip
     """Launch configurations worth timing for this shape (the first is the default). Where the Hopper wgmma
     kernel applies, only its configurations (``MEMTOOL_LUT_ALL_PATHS=1``: all paths; ``wgmma=False``: the
     Triton paths only)."""
@@ -580,7 +581,7 @@ def candidates(m: int, n: int, k: int, w: LutWeight, device, wgmma: bool = True)
     out = []
     from memtool.kernels import lut_wgmma
 
-    if wgmma and lut_wgmma.supports(w, m, n, k, device):
+    if wgmma and lut_wgmma.supports(w, m, n, k, device, dtype):
         # Hopper tensor cores fed from registers (lut_wgmma.py): the best at every M and shape measured on an
         # H200 and an H100 (docs/bench/lut_kernels.md), so the other paths are not timed (tuning a shape
         # compiles and times 10 configurations instead of ~30)
@@ -748,7 +749,7 @@ def choose(x2: torch.Tensor, w: LutWeight) -> Config:
     cfg = _TUNED.get(key)
     if cfg is not None:
         return cfg
-    cands = candidates(m, n, k, w, x2.device)
+    cands = candidates(m, n, k, w, x2.device, dtype=x2.dtype)
     if x2.device.type == "cuda" and torch.cuda.is_current_stream_capturing():
         return cands[0]  # no timing inside someone's graph capture; tuned at the first call outside one
     cfg = _pick(x2, w, cands)

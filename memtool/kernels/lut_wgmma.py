@@ -141,10 +141,13 @@ def emulate_tile(words: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Te
     return j.reshape(r, TILE_K)
 
 
-def supports(w, m: int, n: int, k: int, device) -> bool:
+def supports(w, m: int, n: int, k: int, device, dtype: Optional[torch.dtype] = None) -> bool:
     """True where this kernel can run: affine 2/3/4-bit weights whose tiles lie in one group (group size
-    128 * 2^i or per-channel), whole tiles (N % 64 == 0, K % 128 == 0), on a Hopper GPU with Gluon."""
+    128 * 2^i or per-channel), whole tiles (N % 64 == 0, K % 128 == 0), fp16/bf16 activations (``dtype``,
+    when given), on a Hopper GPU with Gluon."""
     if not HAVE_GLUON or device.type != "cuda" or w.kind != "affine" or w.bits not in BITS_OK:
+        return False
+    if dtype is not None and dtype not in MANTISSA:
         return False
     if torch.cuda.get_device_capability(device)[0] != 9:
         return False

@@ -68,6 +68,10 @@ def test_supports_needs_a_hopper_gpu_and_whole_tiles():
 
     w = rand_weight("affine", 3, 64, 256, 128)
     assert not WG.supports(w, 1, 64, 256, torch.device("cpu"))
+    if WG.HAVE_GLUON and torch.cuda.is_available() and torch.cuda.get_device_capability()[0] == 9:
+        dev = torch.device("cuda")
+        assert WG.supports(w, 1, 64, 256, dev) and not WG.supports(w, 1, 64, 256, dev, torch.float32)
+        assert not WG.supports(w, 1, 96, 256, dev) and not WG.supports(w, 1, 64, 200, dev)
 
 
 @pytest.mark.parametrize("bf16", [False, True])
