@@ -120,3 +120,21 @@ def test_dispatcher_offers_only_wgmma_where_it_applies_and_falls_back(monkeypatc
     cfg = LT.choose(x, w)
     assert cfg.path != "wgmma"
     assert rel_err(LT.launch(x, w, cfg), lut_matmul_f64(x, w)) < 1e-3
+
+
+def test_row_bases_cover_the_rows_the_warps_do_not():
+    """Register bases of the word layout: row + 8, then every row bit above 16 * num_warps up to bn."""
+    assert WG.row_bases(64, 4) == ((8, 0),)
+    assert WG.row_bases(128, 4) == ((8, 0), (64, 0))
+    assert WG.row_bases(128, 8) == ((8, 0),)
+    assert WG.row_bases(256, 8) == ((8, 0), (128, 0))
+
+
+def test_launch_refuses_warps_that_cannot_cover_the_rows():
+    from .helpers import rand_weight
+
+    w = rand_weight("affine", 3, 256, 256, 128)
+    x = torch.randn(1, 256, dtype=torch.float16)
+    for bn, nw in ((128, 2), (256, 4), (64, 8)):
+        with pytest.raises(ValueError, match="warps"):
+            WG.launch(x, w, 8, bn, 1, nw)
