@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 import torch
 
 from memtool.compress.lut import LutConfig, LutQuantized, fit_group_params, params_to_lut, quantize_weight
-from memtool.compress.lut_common import nearest_codes, nearest_sorted, sort_lut
+from memtool.compress.lut_common import nearest_sorted, sort_lut
 from memtool.errors import MemtoolError, UsageError
 
 
@@ -122,24 +122,6 @@ def refit_uniform(w: torch.Tensor, codes: torch.Tensor, scale: torch.Tensor, zer
     return s.to(scale.dtype), z.to(scale.dtype)
 
 
-def weighted_clip_fit(x: torch.Tensor, d: torch.Tensor, cfg: LutConfig) -> dict[str, torch.Tensor]:
-    """The clip search of ``fit_group_params`` for one group ``x [N, g]`` (uniform, nf), each column's squared
-    error weighted by ``d [g]`` (the Hessian diagonal: its input's mean square). Returns the params ([N, 1])."""
-    plain = replace(cfg, clip_steps=0)
-    best, best_e = None, None
-    for j in range(max(cfg.clip_steps, 1)):
-        p, _ = fit_group_params((x * (1 - 0.025 * j))[:, None], None, plain)
-        lut = params_to_lut(cfg.method, p, cfg.bits)
-        e = ((lut.gather(-1, nearest_codes(x[:, None], lut)) - x[:, None]) ** 2 * d).sum(-1)
-        if best is None:
-            best, best_e = p, e
-            continue
-        take = e < best_e
-        best_e = torch.where(take, e, best_e)
-        best = {k: v if k == "table" else torch.where(take, p[k], v) for k, v in best.items()}
-    return best
-
-
 def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: LutConfig, gcfg: GptqConfig | None = None,
                   compute_dtype: torch.dtype = torch.float32) -> LutQuantized:
     """Quantize ``w [N, K]`` with error feedback through ``H [K, K]``; returns the codes and fitted tables."""
@@ -171,10 +153,8 @@ def gptq_quantize(w: torch.Tensor, H: torch.Tensor, cfg: LutConfig, gcfg: GptqCo
     params: list[dict | None] = [None] * G
 
     def fit(k: int, cur: torch.Tensor) -> None:
-        if gcfg.clip_weighted and cfg.method != "bcq":
-            p = weighted_clip_fit(cur, H0.diagonal()[k * g:(k + 1) * g], cfg)
-        else:
-            p, _ = fit_group_params(cur[:, None, :], None, cfg)
+        d = H0.diagonal()[k * g:(k + 1) * g] if gcfg.clip_weighted else None
+        p, _ = fit_group_params(cur[:, None, :], None, cfg, weight=d)
         params[k] = p
         luts[k] = sort_lut(params_to_lut(cfg.method, p, cfg.bits)[:, 0])  # [N, L] sorted, codes, midpoints
 

@@ -153,14 +153,21 @@ def _fit_encode(xs: torch.Tensor, x: torch.Tensor, mask, cfg: LutConfig):
     return p, encode_nf(x, p["scale"], table)
 
 
-def fit_group_params(xg: torch.Tensor, mask: torch.Tensor | None, cfg: LutConfig):
-    """Fit the tables of grouped weights ``xg [N, G, g]``; returns ``(params, codes int64 [N, G, g])``."""
+def fit_group_params(xg: torch.Tensor, mask: torch.Tensor | None, cfg: LutConfig,
+                     weight: torch.Tensor | None = None):  # fmt: skip
+    """Fit the tables of grouped weights ``xg [N, G, g]``; returns ``(params, codes int64 [N, G, g])``.
+
+    The clip search (uniform, nf) keeps, per group, the range shrink with the least squared error; ``weight``
+    (broadcast to ``xg``, e.g. a Hessian diagonal ``[g]``) weights each column's error (GPTQ: a column whose
+    input is large costs more to clip)."""
     if cfg.method == "bcq":
         return fit_bcq(xg, mask, cfg.bits, cfg.bcq_iters)
     params, codes = _fit_encode(xg, xg, mask, cfg)
     if cfg.clip_steps <= 1:
         return params, codes
     m = 1.0 if mask is None else mask.to(xg.dtype)
+    if weight is not None:
+        m = m * weight.to(xg.dtype)
 
     def sq_err(p, c):
         return ((params_to_lut(cfg.method, p, cfg.bits).gather(-1, c) - xg) ** 2 * m).sum(-1)

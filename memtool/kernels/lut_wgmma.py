@@ -222,11 +222,8 @@ if HAVE_GLUON:
         else:
             lo, hi = gl.inline_asm_elementwise(_fma_asm(F, BF16, False), "=h,=h,r", [v], dtype=(gl.int16, gl.int16),
                                                is_pure=True, pack=1)  # fmt: skip
-        if BF16:
-            out = gl.join(lo.to(gl.bfloat16, bitcast=True), hi.to(gl.bfloat16, bitcast=True))
-        else:
-            out = gl.join(lo.to(gl.float16, bitcast=True), hi.to(gl.float16, bitcast=True))
-        return out
+        DT: gl.constexpr = gl.bfloat16 if BF16 else gl.float16
+        return gl.join(lo.to(DT, bitcast=True), hi.to(DT, bitcast=True))
 
     @gluon.jit
     def _a_tile(w0, w1, w2, w3, magic, s2, b2, A: gl.constexpr, BN: gl.constexpr, PLAN: gl.constexpr,
@@ -447,7 +444,7 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
         BITS=w.bits, BN=bn, BM=bm, PLAN=pair_plan(w.bits, MANTISSA[x2.dtype]), BF16=bf16, NW=num_warps,
         RB=row_bases(bn, num_warps), STAGES=max(4 if pair else 2, stages + 2 if pair else stages), PAIR=pair,
         FOLD=fold and not pair,
-        num_warps=num_warps, maxnreg=maxnreg or None,
+        num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}),
     )  # fmt: skip
     if split > 1:
         block = 1024

@@ -29,6 +29,11 @@ for _name, _attr in (("F8_E4M3", "float8_e4m3fn"), ("F8_E5M2", "float8_e5m2")):
 
 def check_safetensors(path: Path) -> dict:
     """Read and validate a safetensors header: one-line UsageError for a truncated or corrupt file."""
+    return read_safetensors_header(path)[0]
+
+
+def read_safetensors_header(path: Path) -> tuple[dict, int]:
+    """The validated header (see :func:`check_safetensors`) and the file offset where the tensor data starts."""
     size = path.stat().st_size
     try:
         with open(path, "rb") as f:
@@ -44,12 +49,7 @@ def check_safetensors(path: Path) -> dict:
     end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
     if 8 + n + end > size:
         raise UsageError(f"truncated safetensors file ({size} bytes, header needs {8 + n + end}): {path}")
-    return header
-
-
-def _data_start(path: Path) -> int:
-    with open(path, "rb") as f:
-        return 8 + struct.unpack("<Q", f.read(8))[0]
+    return header, 8 + n
 
 
 def safetensors_files(model_dir: Path) -> list[Path]:
@@ -76,8 +76,9 @@ class TensorSource:
         self.shards = safetensors_files(self.path)
         if not self.shards:
             raise UsageError(f"no safetensors weights in {self.path}")
-        self.headers = {s: check_safetensors(s) for s in self.shards}
-        self._data_start = {s: _data_start(s) for s in self.shards}
+        self.headers, self._data_start = {}, {}
+        for s in self.shards:
+            self.headers[s], self._data_start[s] = read_safetensors_header(s)
 
     def names(self) -> list[str]:
         return [k for h in self.headers.values() for k in h if k != "__metadata__"]
