@@ -39,20 +39,18 @@ def check(dev):
                 x = torch.randn(m, k, device=dev, dtype=dt)
                 ref = lut_matmul_f64(x, w)
                 bm = min(64, max(8, 1 << (m - 1).bit_length()))
-                variants = ((4, False), (8, False), (4, True)) if bn == 128 and bm < 64 else ((4, False), (4, True))
-                for nw, fold in variants:
-                    if nw * 32 > bn * 2 or (nw == 8 and bn == 64):
-                        continue
+                variants = [(64, 4, False, 3, 0), (64, 4, False, 6, 0), (128, 8, False, 4, 0), (bn, 4, True, 3, 0)]
+                for vbn, nw, fold, stg, reg in variants:
                     try:
                         out = torch.full((m, n), float("nan"), device=dev, dtype=dt)
-                        y = WG.launch(x, w, bm, bn, split, nw, fold=fold, out=out)
+                        y = WG.launch(x, w, bm, vbn, split, nw, stg, fold=fold, maxnreg=reg, out=out)
                         err = ((y.double() - ref).norm() / ref.norm()).item()
                         ok = err < (1e-3 if dt == torch.float16 else 1e-2) and not torch.isnan(y).any()
                     except Exception:  # noqa: BLE001
                         traceback.print_exc()
                         err, ok = float("nan"), False
                     bad += not ok
-                    print(f"check m={m} n={n} k={k} g={g} q{bits} {str(dt)[6:]} bn={bn} nw={nw} fold={fold} "
+                    print(f"check m={m} n={n} k={k} g={g} q{bits} {str(dt)[6:]} bn={vbn} nw={nw} fold={fold} st={stg} reg={reg} "
                           f"split={split}: {'ok' if ok else 'FAIL'} {err:.1e}", flush=True)  # fmt: skip
     return bad
 
@@ -65,6 +63,7 @@ def main():
     ap.add_argument("--bns", default="64,128")
     ap.add_argument("--waves", default="1,2,4,8")
     ap.add_argument("--warps", default="4")
+    ap.add_argument("--splits", default="", help="explicit split-K values (instead of --waves)")
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--module", default="lut_wgmma", help="kernel module under memtool.kernels (A/B runs)")
     ap.add_argument("--stages", default="3")
@@ -101,6 +100,10 @@ def main():
                 cps = [w] + [LutWeight(**{**w.meta(), **{kk: t.clone() for kk, t in w.state_dict().items()}})
                              for _ in range(n_copies(nb, l2) - 1)]  # fmt: skip
                 tp = graph_time_us([lambda: WG.prep_activations(x, bits)] * 8)
+                part = torch.zeros(4, m, n, device=dev)
+                yo = torch.empty(m, n, device=dev, dtype=x.dtype)
+                tr = graph_time_us([lambda: LT._reduce_kernel[(-(-m * n // 1024),)](part, yo, m * n, 4, BLOCK=1024)] * 8)
+                print(f"  q{bits} prep alone {tp:.1f} us, split-4 reduce alone {tr:.1f} us", flush=True)
                 td = None
                 if not a.no_dispatch:
                     cfg = LT.choose(x, w)
@@ -115,11 +118,12 @@ def main():
                     for bn in (int(v) for v in a.bns.split(",")):
                         if bm == 64 and bn > 64 and nw == 4:
                             continue  # spills
-                        if bn < 16 * nw or bn > 32 * nw:
+                        if bn < 16 * nw or bn > 32 * nw or (bn != 16 * nw and not fold and bm < 32):
                             continue
-                        for wv in (float(v) for v in a.waves.split(",")):
-                            blocks = (n // bn) * -(-m // bm)
-                            split = max(1, min(round(wv * sms / blocks), k // 128))
+                        blocks = (n // bn) * -(-m // bm)
+                        splits = [int(v) for v in a.splits.split(",")] if a.splits else sorted(
+                            {max(1, min(round(float(wv) * sms / blocks), k // 128)) for wv in a.waves.split(",")})
+                        for split in splits:
                             kw = {"stages": stg, "fold": fold, "maxnreg": reg}
                             try:
                                 y = WG.launch(x, w, bm, bn, split, nw, **kw)
@@ -128,13 +132,17 @@ def main():
                             except Exception as e:  # noqa: BLE001
                                 print(f"  bm={bm} bn={bn} nw={nw} split={split}: FAIL {e!r}"[:400], flush=True)
                                 continue
+                            kern = getattr(WG, "LAST", {}).get("kernel")
+                            nreg = getattr(kern, "n_regs", None)
                             r = dict(n=n, k=k, m=m, bits=bits, bm=bm, bn=bn, nw=nw, stages=stg, fold=fold, maxnreg=reg,
+                                     nregs=nreg, spills=getattr(kern, "n_spills", None),
                                      split=split, us=t, fp16_us=t16, dispatch_us=td, prep_us=tp, speedup=t16 / t, err=err,
                                      tbps=(nb + m * k * 2 + m * n * 2) / t / 1e6)  # fmt: skip
                             res.append(r)
                             if best is None or t < best["us"]:
                                 best = r
-                            print(f"  q{bits} bm={bm} bn={bn} nw={nw} st={stg} fold={fold} reg={reg} split={split}: "
+                            print(f"  q{bits} bm={bm} bn={bn} nw={nw} st={stg} fold={fold} reg={reg}/{nreg} "
+                                  f"split={split}: "
                                   f"{t:.1f} us {t16 / t:.2f}x "
                                   f"{r['tbps']:.2f} TB/s err={err:.1e}", flush=True)  # fmt: skip
                 if best:

@@ -583,16 +583,19 @@ def candidates(m: int, n: int, k: int, w: LutWeight, device, wgmma: bool = True,
 
     if wgmma and lut_wgmma.supports(w, m, n, k, device, dtype):
         # Hopper tensor cores fed from registers (lut_wgmma.py): the best at every M and shape measured on an
-        # H200 and an H100 (docs/bench/lut_kernels.md), so the other paths are not timed (tuning a shape
-        # compiles and times 10 configurations instead of ~30)
+        # H200 and an H100 (docs/bench/lut_kernels.md), so the other paths are not timed. The split-K factor
+        # matters most (a program count just under what fits on the GPU at once: 4-6 programs per SM), so
+        # several are timed; ``num_stages`` is the raw kernel's slot count (tiles in flight + 1)
         bm = min(64, max(8, 1 << (m - 1).bit_length()))
-        # (rows, warps, waves, register cap): ncu shows the kernel register-limited at 4 programs per SM; a cap
-        # of 96 registers (5 programs) compiles without spills at bm <= 16 but is not measured yet: timed here
-        for bn, nw, waves, reg in ((64, 4, 4.0, 0), (64, 4, 2.0, 0), (64, 4, 8.0, 0), (64, 4, 1.0, 0),
-                                   (128, 8, 4.0, 0), (128, 8, 2.0, 0), (128, 8, 8.0, 0), (128, 8, 1.0, 0),
-                                   (64, 4, 4.0, 96), (64, 4, 2.0, 96)):  # fmt: skip
+        if bm >= 32:  # folded scales (M=64 on an H200: 128 rows / 8 warps / split 4 best)
+            shapes, waves = ((128, 8, 3, 0), (64, 4, 3, 0)), (4.0, 2.0, 6.0)
+        else:
+            shapes = ((64, 4, 3, 0), (64, 4, 4, 0), (128, 8, 3, 0)) + (((64, 4, 3, 128),) if bm >= 16 else ())
+            waves = (6.0, 4.0, 3.0, 9.0)
+        for bn, nw, st, reg in shapes:
             blocks = n // bn * -(-m // bm)
-            out.append(Config("wgmma", bm, bn, 4, _split_for(blocks, ku // 4, 1, sms, waves), nw, 3, reg))
+            for wv in waves:
+                out.append(Config("wgmma", bm, bn, 4, _split_for(blocks, ku // 4, 1, sms, wv), nw, st, reg))
         if os.environ.get("MEMTOOL_LUT_ALL_PATHS", "0") != "1":
             return out
     if w.kind == "affine" and m <= 8:

@@ -19,18 +19,23 @@ those two (row, unit)s. The k order inside a tile is free (the activations are p
 prep kernel), so the decoded pairs are joined and permuted until their linear layout IS the fragment
 layout: ``gl.convert_layout(..., assert_trivial=True)`` proves no data moves.
 
-Decode (``pair_plan``): one ``lop3`` puts a pair of codes (the two 16-bit halves of a word) into the
-mantissas of two fp16 (``0x6400 | c << f`` = 1024 + c*2^f) or bf16 (``0x4300``) numbers and one packed FMA
-``v * 2^-f - 1024 * 2^-f`` makes them the exact codes; fields are left where they are in the word when they
-fit the mantissa, so one shift serves several pairs (~1.1-1.3 instructions per weight). Each tile lies in
-one group (group size 128 * 2^i, or per-channel): ``y += s * (codes . x) + b * sum(x)`` per tile, with
-``sum(x)`` per tile from the prep kernel; at M >= 32 the scale is folded into the decode instead
-(``fma(code, s, b)`` in fp16/bf16) and wgmma accumulates over all of K.
+Raw decode (``pair_plan``, ``tile_shift``): one ``lop3`` puts a pair of codes (the two 16-bit halves of a
+word) into the mantissas of two fp16 (``0x6400 | c << f`` = 1024 + c*2^f) or bf16 (``0x4300``) numbers, and
+those go to the tensor cores as they are: the prep kernel scales activation k' by ``2^-f`` (exact, a power of
+two), so ``wgmma`` computes ``magic * sum(x') + codes . x`` and the epilogue subtracts the first term
+(``magic * sum(x')`` per tile from the prep). Fields stay where they are in the word when they fit the
+mantissa, so one shift serves several pairs (~0.6 instructions per weight). Each tile lies in one group
+(group size 128 * 2^i, or per-channel): ``y += s * (D - magic * sum(x')) + b * sum(x)`` per tile in fp32.
+At M >= 32 the scale is folded into the decode instead (two packed FMAs per pair: ``code * s + b`` in
+fp16/bf16) and wgmma accumulates over all of K.
 
-Latency: the words are loaded two tiles ahead into registers, the activation tiles stream through a cp.async
-ring in shared memory, and at M <= 8 two tiles go per iteration so one is decoded while the other's (async)
-wgmma runs. Measured (docs/bench/lut_kernels.md): 2.5x / 2.0x / 1.45x cuBLAS fp16 at M = 1 / 16 / 64 on an
-H200 (3-bit, 8192x28672), 3.3x / 2.7x / 2.0x on an H100.
+Memory: each tile's words (BITS x 1 KiB) and activations stream into shared memory by cp.async, two or
+more tiles ahead, in a ring of separately allocated slots over which the loop is unrolled (Triton's barrier
+analysis cannot tell the stages of one allocation apart and would add barriers); the group scales and
+biases are read from a tile-major copy (:func:`tile_params`, 256 contiguous bytes per tile instead of one
+32-byte sector per 2-byte value). Split-K partials are added by the last program of each row block.
+Measured (docs/bench/lut_kernels.md, 3-bit, 8192x28672, H200): 3.0x / 2.2x / 1.5x cuBLAS fp16 at
+M = 1 / 16 / 64.
 
 Only on a CUDA device of compute capability 9.x with a Triton that has Gluon; the dispatcher
 (:mod:`memtool.kernels.lut_triton`) offers it as path ``"wgmma"`` when :func:`supports` says yes. The
@@ -46,9 +51,11 @@ from typing import Optional
 
 import torch
 import triton
+import triton.language as tl
 
 from memtool.kernels import lut_layout
-from memtool.kernels.lut_triton import _gather_kernel, _reduce_kernel, device_table
+from memtool.kernels.lut_gemv import _counters
+from memtool.kernels.lut_triton import _reduce_kernel, device_table
 
 try:  # Gluon (Triton >= 3.5); the kernel below is only defined where it exists
     from triton.experimental import gluon
@@ -112,10 +119,11 @@ def tile_perm(bits: int) -> list[int]:
     return perm
 
 
-def emulate_tile(words: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Tensor:
+def emulate_tile(words: torch.Tensor, bits: int, dtype: torch.dtype, raw: bool = False) -> torch.Tensor:
     """What the kernel's decode computes for one tile, in torch: ``words`` int64 ``[R, bits, 4]`` (plane
-    words of R rows x 4 units) -> codes ``[R, 128]`` in k' order (float64). Used by tests to check
-    :func:`pair_plan` and :func:`tile_perm` against :func:`lut_layout.unpack_codes`."""
+    words of R rows x 4 units) -> codes ``[R, 128]`` in k' order (float64); ``raw``: the raw decode's
+    magic-number values ``magic + code * 2^f`` instead (the prep scales activation k' by ``2^-f``). Used by
+    tests to check :func:`pair_plan`, :func:`tile_perm` and :func:`tile_shift` against the packed codes."""
     mb = MANTISSA[dtype]
     magic = MAGIC[dtype]
     plan = pair_plan(bits, mb)
@@ -132,7 +140,10 @@ def emulate_tile(words: torch.Tensor, bits: int, dtype: torch.dtype) -> torch.Te
         hi = (v >> 16).double() + magic
         assert bool((lo < 2 * magic).all()) and bool((hi < 2 * magic).all()), "field leaves the mantissa"
         sc = 2.0**-f
-        pairs.append(torch.stack([lo * sc - magic * sc, hi * sc - magic * sc], -1))  # [R, 4, 2]
+        if raw:
+            pairs.append(torch.stack([lo, hi], -1))
+        else:
+            pairs.append(torch.stack([lo * sc - magic * sc, hi * sc - magic * sc], -1))  # [R, 4, 2]
     j = torch.stack(pairs, -1)  # [R, 4(u), 2(h), 16(T)]
     j = j.reshape(*j.shape[:3], 2, 2, 2, 2)  # T bits: last axis fastest -> [.., b3, b2, b1, b0]
     r = j.shape[0]
@@ -157,16 +168,70 @@ def supports(w, m: int, n: int, k: int, device, dtype: Optional[torch.dtype] = N
     return w.groups == 1 or (w.group_size % TILE_K == 0 and tpg & (tpg - 1) == 0)
 
 
+def tile_params(w) -> torch.Tensor:
+    """The affine weight's group scales and biases as tile-major int32 words ``[N/64, G, 64]`` (``s | b << 16``,
+    fp16 bit patterns): the 64 rows of a row block share a group per tile, so a tile's parameters are 256
+    contiguous bytes (the ``[N, G]`` tensors put them G*2 bytes apart: one 32-byte sector read per 2-byte
+    value; measured on an H200: ~9 of 49 us at M=1, 8192x28672). Made once per weight and cached on it
+    (``w.cache``): 4 bytes per group and row more memory (0.25 bits per weight at g128)."""
+    t = w.cache.get("wgmma_params")
+    if t is None:
+        n, g = w.out_features, w.groups
+        s = w.scales.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF
+        b = w.biases.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF
+        t = (s | (b << 16)).view(n // 64, 64, g).transpose(1, 2).contiguous()
+        w.cache["wgmma_params"] = t
+    return t
+
+
 # ------------------------------------------------------------------------------------------------ prep
-def prep_activations(x2: torch.Tensor, bits: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """x2 [M, K] -> (xp [M, NT*128] in the kernel's k' order (:func:`tile_perm`), xs [M, NT] fp32 tile sums)."""
+def tile_shift(bits: int, mantissa: int) -> list[int]:
+    """Bit position ``f`` (in the mantissa) of the field of each column k' of a tile (:func:`tile_perm` order):
+    the raw decode leaves the code there, so the prep scales activation k' by ``2^-f`` to match."""
+    plan = pair_plan(bits, mantissa)
+    out = [0] * TILE_K
+    for kp in range(TILE_K):
+        t = ((kp >> 5) & 1) | ((kp >> 4) & 1) << 1 | ((kp >> 3) & 1) << 2 | ((kp >> 6) & 1) << 3
+        out[kp] = plan[t][2]
+    return out
+
+
+@triton.jit
+def _prep_kernel(x_ptr, perm_ptr, scl_ptr, xp_ptr, xs_ptr, K, NT, stride_xm, MAGIC, TB: tl.constexpr,
+                 RAW: tl.constexpr):  # fmt: skip
+    """x [M, K] -> xp [M, NT*128]: column k' of tile t = x[t*128 + perm[k']] (0 past K), times ``scl[k'] =
+    2^-f`` with RAW (exact: a power of two); RAW also writes xs [M, NT, 2] = (sum of the tile's x, MAGIC * sum
+    of its scaled x) in fp32, the terms the kernel's epilogue needs. One program: TB tiles of one row."""
+    m = tl.program_id(1)
+    b = tl.program_id(0) * TB + tl.arange(0, TB)
+    j = tl.arange(0, 128)
+    k = b[:, None] * 128 + tl.load(perm_ptr + j)[None, :]
+    bm = (b < NT)[:, None]
+    x = tl.load(x_ptr + m.to(tl.int64) * stride_xm + k, mask=bm & (k < K), other=0.0)
+    if RAW:
+        xq = (x.to(tl.float32) * tl.load(scl_ptr + j)[None, :]).to(x.dtype)
+        sums = xs_ptr + (m.to(tl.int64) * NT + b) * 2
+        tl.store(sums, tl.sum(x.to(tl.float32), axis=1), mask=b < NT)
+        tl.store(sums + 1, tl.sum(xq.to(tl.float32), axis=1) * MAGIC, mask=b < NT)
+    else:
+        xq = x
+    tl.store(xp_ptr + m.to(tl.int64) * NT * 128 + b[:, None] * 128 + j[None, :], xq, mask=bm)
+
+
+def prep_activations(x2: torch.Tensor, bits: int, raw: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """x2 [M, K] -> (xp [M, NT*128] in the kernel's k' order (:func:`tile_perm`), scaled by ``2^-f`` per column
+    when ``raw`` (:func:`tile_shift`), and xs [M, NT, 2] fp32 = (tile sum of x, magic * tile sum of xp))."""
     m, k = x2.shape
     nt = -(-k // TILE_K)
     xp = torch.empty(m, nt * TILE_K, dtype=x2.dtype, device=x2.device)
-    xs = torch.empty(m, nt, dtype=torch.float32, device=x2.device)
+    xs = torch.empty(m, nt, 2, dtype=torch.float32, device=x2.device) if raw else xp
     perm = device_table("wgmma_perm", bits, x2.device, tile_perm, torch.int32)
+    mb = MANTISSA.get(x2.dtype, 10)
+    scl = device_table(f"wgmma_scale{mb}", bits, x2.device, lambda b: [2.0**-f for f in tile_shift(b, mb)],
+                       torch.float32)  # fmt: skip
     tb = 4
-    _gather_kernel[(triton.cdiv(nt, tb), m)](x2, perm, xp, xs, k, nt, x2.stride(0), W=TILE_K, TB=tb, SUMS=True)
+    _prep_kernel[(triton.cdiv(nt, tb), m)](x2, perm, scl, xp, xs, k, nt, x2.stride(0), MAGIC.get(x2.dtype, 1.0),
+                                          TB=tb, RAW=raw)  # fmt: skip
     return xp, xs
 
 
@@ -190,7 +255,7 @@ if HAVE_GLUON:
     _fma_asm = triton.constexpr_function(_fma_asm_text)
 
     @gluon.jit
-    def _wsel(w0, w1, w2, w3, P: gl.constexpr):
+    def _sel(w0, w1, w2, w3, P: gl.constexpr):
         if P == 0:
             r = w0
         elif P == 1:
@@ -204,15 +269,16 @@ if HAVE_GLUON:
     @gluon.jit
     def _pair(w0, w1, w2, w3, magic, s2, b2, T: gl.constexpr, PLAN: gl.constexpr, BITS: gl.constexpr,
               BF16: gl.constexpr, FOLD: gl.constexpr):  # fmt: skip
-        """Pair T of every (row, unit) of the thread's words -> [R, 4, 2] exact codes (fp16 / bf16), or with
-        FOLD the weights ``code * s + b`` (s2, b2: the row's scale and bias, twice in an int32)."""
+        """Pair T of every (row, unit) of the thread's words -> [R, 4, 2] fp16 / bf16: raw, the magic-number
+        pair itself (``magic + code * 2^f``: one lop3, the prep scaled the activations by ``2^-f``); with FOLD
+        the weights ``code * s + b`` (s2, b2: the row's scale and bias, twice in an int32)."""
         WORD: gl.constexpr = PLAN[T][0]
         SB: gl.constexpr = PLAN[T][1]
         F: gl.constexpr = PLAN[T][2]
         if WORD < 0:  # 3-bit codes 30/31: bit i of each is bit 15 / 31 of word i
             v = ((w0 >> 15) & 0x10001) | ((w1 >> 14) & 0x20002) | ((w2 >> 13) & 0x40004) | magic
         else:
-            w = _wsel(w0, w1, w2, w3, WORD)
+            w = _sel(w0, w1, w2, w3, WORD)
             if SB > 0:
                 w = w >> SB
             v = (w & (((1 << BITS) - 1) << F) * 0x10001) | magic
@@ -220,7 +286,7 @@ if HAVE_GLUON:
             lo, hi = gl.inline_asm_elementwise(_fma_asm(F, BF16, True), "=h,=h,r,r,r", [v, s2, b2],
                                                dtype=(gl.int16, gl.int16), is_pure=True, pack=1)  # fmt: skip
         else:
-            lo, hi = gl.inline_asm_elementwise(_fma_asm(F, BF16, False), "=h,=h,r", [v], dtype=(gl.int16, gl.int16),
+            lo, hi = gl.inline_asm_elementwise("mov.b32 {$0, $1}, $2;", "=h,=h,r", [v], dtype=(gl.int16, gl.int16),
                                                is_pure=True, pack=1)  # fmt: skip
         DT: gl.constexpr = gl.bfloat16 if BF16 else gl.float16
         return gl.join(lo.to(DT, bitcast=True), hi.to(DT, bitcast=True))
@@ -267,45 +333,187 @@ if HAVE_GLUON:
         return w0, w1, w2, w3
 
     @gluon.jit
-    def _params(s_ptr, b_ptr, xs_ptr, rows, ms, mmask, G, NT, t, GSH, valid):
-        """Group scale and bias of tile t's rows (fp32, zero for a tile past the range) and its x sums."""
-        g = t >> GSH
-        sc = gl.load(s_ptr + rows * G + g).to(gl.float32)
-        bi = gl.load(b_ptr + rows * G + g).to(gl.float32)
+    def _params(tp_ptr, xs_ptr, prow, ms, mmask, NT, t, GSH, valid):
+        """Tile t's group scale and bias of the rows, fp32 (zero for a tile past the range), from the tile-major
+        parameter words (:func:`tile_params`: a row block's 64 (s, b) pairs of a group are 256 contiguous
+        bytes), and the tile's two activation sums (sum of x, magic * sum of the prepped x)."""
+        pv = gl.load(tp_ptr + prow + (t >> GSH) * 64)
+        sc, bi = gl.inline_asm_elementwise(
+            "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=r,=r,r", [pv],
+            dtype=(gl.float32, gl.float32), is_pure=True, pack=1)  # fmt: skip
         sc = gl.where(valid, sc, 0.0)
         bi = gl.where(valid, bi, 0.0)
-        xsum = gl.load(xs_ptr + ms * NT + t, mask=mmask, other=0.0)
-        return sc, bi, xsum
+        xs = gl.load(xs_ptr + (ms * NT + t) * 2, mask=mmask, other=0.0)
+        xo = gl.load(xs_ptr + (ms * NT + t) * 2 + 1, mask=mmask, other=0.0)
+        return sc, bi, xs, xo
 
     @gluon.jit
-    def _packed_params(s_ptr, b_ptr, r, row0, G, g, BF16: gl.constexpr):
-        """FOLD: the group's scale and bias of the thread's rows, each as two fp16/bf16 copies in an int32,
-        broadcast over the [BN, 4] word layout of r's parent."""
-        sv = gl.load(s_ptr + (row0 + r) * G + g)
-        bv = gl.load(b_ptr + (row0 + r) * G + g)
+    def _scale(acc, d, sc, bi, xs, xo):
+        """acc += s * (codes . x) + b * sum(x), where d = (magic + codes * 2^f) . (x * 2^-f) = xo + codes . x."""
+        return acc + sc[:, None] * (d - xo[None, :]) + bi[:, None] * xs[None, :]
+
+    @gluon.jit
+    def _packed_params(tp_ptr, prow, g, BF16: gl.constexpr):
+        """FOLD: the group's scale and bias of the thread's rows (tile-major parameter words, see _params), each
+        as two fp16/bf16 copies in an int32, broadcast over the [BN, 4] word layout of prow's parent."""
+        pv = gl.load(tp_ptr + prow + g * 64)
+        si = pv & 0xFFFF
+        bi = (pv >> 16) & 0xFFFF
         if BF16:
-            sv = sv.to(gl.float32).to(gl.bfloat16)
-            bv = bv.to(gl.float32).to(gl.bfloat16)
-        si = sv.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
-        bi = bv.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+            si = si.to(gl.int16).to(gl.float16, bitcast=True).to(gl.float32).to(gl.bfloat16)
+            bi = bi.to(gl.int16).to(gl.float16, bitcast=True).to(gl.float32).to(gl.bfloat16)
+            si = si.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
+            bi = bi.to(gl.int16, bitcast=True).to(gl.int32) & 0xFFFF
         return (si | (si << 16))[:, None], (bi | (bi << 16))[:, None]
 
     @gluon.jit
-    def _wgmma_kernel(xp_ptr, xs_ptr, q_ptr, s_ptr, b_ptr, out_ptr, M, N, KU, NT, G, GSH, TPS, magic,
-                      BITS: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr, PLAN: gl.constexpr,
-                      BF16: gl.constexpr, NW: gl.constexpr, RB: gl.constexpr, STAGES: gl.constexpr,
-                      PAIR: gl.constexpr, FOLD: gl.constexpr):  # fmt: skip
-        """Program (BN rows, K-range of TPS tiles, BM activation rows): y^T = W x^T on the tensor cores;
-        A = decoded codes in registers, B = the prepped activation tile in shared memory.
+    def _finish(acc, out_ptr, ws_ptr, cnt_ptr, rows, ms, mmask, M, N, pid_s, cidx, NSPLIT, SPLIT: gl.constexpr):
+        """Store the [BN, BM] result. SPLIT 1: partial sums of a K-range go to ws[pid_s]; the program counts
+        itself in cnt[cidx] and the last one of the block adds the partials in a fixed order (deterministic),
+        stores the output and resets the counter (no reduction launch). SPLIT 2: only the partials (a
+        reduction kernel adds them: better when the partial tiles are large)."""
+        off = ms[None, :] * N + rows[:, None]
+        omask = mmask[None, :] & (rows < N)[:, None]
+        if SPLIT == 0:
+            gl.store(out_ptr + off, acc.to(out_ptr.dtype.element_ty), mask=omask)
+        else:
+            mn = M * N
+            gl.store(ws_ptr + pid_s * mn + off, acc, mask=omask)
+            if SPLIT == 1:
+                gl.thread_barrier()  # every thread's partials are written before the (release) count
+                done = gl.atomic_add(cnt_ptr + cidx, 1, sem="acq_rel")
+                if done == NSPLIT - 1:
+                    tot = acc * 0.0
+                    for s_ in range(0, NSPLIT):
+                        tot += gl.load(ws_ptr + s_ * mn + off, mask=omask, other=0.0, cache_modifier=".cg")
+                    gl.store(out_ptr + off, tot.to(out_ptr.dtype.element_ty), mask=omask)
+                    gl.atomic_xchg(cnt_ptr + cidx, 0)
 
-        The words are loaded two tiles ahead into registers; the activations stream through a
-        STAGES-deep cp.async ring of tiles. PAIR (small BM): two tiles per iteration, the second decoded
-        while the first one's wgmma runs and the first one scaled while the second one's runs (measured:
-        M=1 52.7 -> 47.2 us; at BM >= 16 the extra registers cost more than the overlap gains). The warps
-        split the rows in 16s (WB); the rest of the row bits are registers (RB). Tile t is in group
-        t >> GSH; a tile past the range (odd count with PAIR) is decoded but scaled by zero. FOLD (BM >= 32, not
-        with PAIR): the decode makes the weights ``code * s + b`` and wgmma accumulates over all of K, so
-        there is no per-tile scaling (M=64: 120 -> 88 us)."""
+    @gluon.jit
+    def _sel6(s0, s1, s2, s3, s4, s5, I: gl.constexpr):
+        if I == 0:
+            r = s0
+        elif I == 1:
+            r = s1
+        elif I == 2:
+            r = s2
+        elif I == 3:
+            r = s3
+        elif I == 4:
+            r = s4
+        else:
+            r = s5
+        return r
+
+    @gluon.jit
+    def _fill(xb, wb, xrow, xmask, wsrc, wmask, tile, BITS: gl.constexpr):
+        """cp.async one tile's activations and words into a slot's two buffers (no commit)."""
+        async_copy_global_to_shared(xb, xrow + tile * 128, mask=xmask)
+        async_copy_global_to_shared(wb, wsrc + tile * (BITS * 256), mask=wmask)
+
+    @gluon.jit
+    def _slot_words(wb, LW: gl.constexpr, BN: gl.constexpr, BITS: gl.constexpr):
+        """A slot's words ([4 planes x BN rows, 4 units]) into the thread's registers."""
+        w0 = wb.slice(0, BN).load(LW)
+        w1 = wb.slice(BN, BN).load(LW)
+        w2 = w0
+        w3 = w0
+        if BITS > 2:
+            w2 = wb.slice(2 * BN, BN).load(LW)
+        if BITS > 3:
+            w3 = wb.slice(3 * BN, BN).load(LW)
+        return w0, w1, w2, w3
+
+    @gluon.jit
+    def _raw_kernel(xp_ptr, xs_ptr, q_ptr, tp_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, KU, NT, G, GSH, TPS,
+                    NSPLIT, magic, BITS: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr, PLAN: gl.constexpr,
+                    BF16: gl.constexpr, NW: gl.constexpr, H: gl.constexpr, SPLIT: gl.constexpr):  # fmt: skip
+        """Program (BN = 16 * NW rows, K-range of TPS tiles, BM activation rows): y^T = W x^T on the tensor
+        cores; A = raw decoded codes in registers, B = the prepped activation tile in shared memory.
+
+        Each tile's words and activations stream into shared memory by cp.async, H - 1 tiles ahead (deep
+        enough to keep DRAM busy without holding words in registers). The loop is unrolled over the H slots:
+        each has its own buffers, so Triton's barrier analysis sees that a copy and a read touch different
+        memory and one barrier per tile suffices (the one that frees the slot refilled next). Tile t is in
+        group t >> GSH; a tile past the range is decoded but scaled by zero."""
+        pid_n = gl.program_id(0)
+        pid_s = gl.program_id(1)
+        pid_m = gl.program_id(2)
+        WB: gl.constexpr = [[16, 0], [32, 0]] if NW == 4 else [[16, 0], [32, 0], [64, 0]]
+        LW: gl.constexpr = gl.DistributedLinearLayout(
+            reg_bases=[[8, 0]], lane_bases=[[0, 1], [0, 2], [1, 0], [2, 0], [4, 0]], warp_bases=WB, block_bases=[],
+            shape=[BN, 4])  # fmt: skip
+        MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1], instr_shape=[16, BM, 16])
+        A: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
+        XL: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [NW, 1], [1, 0])
+        XSL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
+        CL: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [NW, 1], [1, 0])
+        WSL: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
+        XT: gl.constexpr = xp_ptr.dtype.element_ty
+        x0 = gl.allocate_shared_memory(XT, [BM, 128], XSL)
+        x1 = gl.allocate_shared_memory(XT, [BM, 128], XSL)
+        x2 = gl.allocate_shared_memory(XT, [BM, 128], XSL)
+        x3 = gl.allocate_shared_memory(XT, [BM, 128], XSL)
+        x4 = gl.allocate_shared_memory(XT, [BM, 128], XSL)
+        x5 = gl.allocate_shared_memory(XT, [BM, 128], XSL)
+        v0 = gl.allocate_shared_memory(gl.int32, [4 * BN, 4], WSL)
+        v1 = gl.allocate_shared_memory(gl.int32, [4 * BN, 4], WSL)
+        v2 = gl.allocate_shared_memory(gl.int32, [4 * BN, 4], WSL)
+        v3 = gl.allocate_shared_memory(gl.int32, [4 * BN, 4], WSL)
+        v4 = gl.allocate_shared_memory(gl.int32, [4 * BN, 4], WSL)
+        v5 = gl.allocate_shared_memory(gl.int32, [4 * BN, 4], WSL)
+        # word sources of one tile, slot row i = plane * BN + row (tile layout: 64-row blocks of 4 units a plane)
+        ci = gl.arange(0, 4 * BN, layout=gl.SliceLayout(1, CL))
+        cu = gl.arange(0, 4, layout=gl.SliceLayout(0, CL))
+        cr = ci % BN
+        woff = (ci // BN) * 256 + (cr // 64) * (64 * BITS) * KU + (cr % 64) * 4
+        wsrc = q_ptr + (pid_n * BN).to(gl.int64) * (BITS * KU) + woff[:, None] + cu[None, :]
+        wmask = (ci < BITS * BN)[:, None] & (cu < 4)[None, :]
+        rows = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, MMA))
+        prow = (rows // 64) * (G * 64) + rows % 64  # tile-major parameter words of the rows (group 0)
+        ms = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, MMA))
+        mmask = ms < M
+        xm = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, XL))
+        xk = gl.arange(0, 128, layout=gl.SliceLayout(0, XL))
+        xrow = xp_ptr + xm.to(gl.int64)[:, None] * (NT * 128) + xk[None, :]
+        xmask = (xm < M)[:, None] & (xk < 128)[None, :]
+        acc = gl.zeros([BN, BM], gl.float32, MMA)
+        zero = gl.zeros([BN, BM], gl.float32, MMA)
+        t_beg = pid_s * TPS
+        t_end = gl.minimum(t_beg + TPS, NT)
+        tl_ = t_end - 1
+        for hh in gl.static_range(H - 1):  # prologue: the first H - 1 tiles
+            _fill(_sel6(x0, x1, x2, x3, x4, x5, hh), _sel6(v0, v1, v2, v3, v4, v5, hh), xrow, xmask, wsrc, wmask,
+                  gl.minimum(t_beg + hh, tl_), BITS)  # fmt: skip
+            commit_group()
+        for t in range(t_beg, t_end, H):
+            for h in gl.static_range(H):
+                t0 = t + h
+                sc, bi, xs, xo = _params(tp_ptr, xs_ptr, prow, ms, mmask, NT, gl.minimum(t0, tl_), GSH, t0 < t_end)
+                wait_group(H - 2)  # this thread's copies of this tile have landed
+                gl.thread_barrier()  # everyone's have, and every warp is done with the previous tile's slot
+                fence_async_shared()  # after the barrier: a barrier right after the wait (none added by Triton)
+                _fill(_sel6(x0, x1, x2, x3, x4, x5, (h + H - 1) % H), _sel6(v0, v1, v2, v3, v4, v5, (h + H - 1) % H),
+                      xrow, xmask, wsrc, wmask, gl.minimum(t0 + H - 1, tl_), BITS)  # fmt: skip
+                commit_group()
+                a0, a1, a2, a3 = _slot_words(_sel6(v0, v1, v2, v3, v4, v5, h), LW, BN, BITS)
+                aa = _a_tile(a0, a1, a2, a3, magic, magic, magic, A, BN, PLAN, BITS, BF16, False)
+                d = warpgroup_mma(aa, _sel6(x0, x1, x2, x3, x4, x5, h).permute((1, 0)), zero, use_acc=False,
+                                  is_async=True)  # fmt: skip
+                d = warpgroup_mma_wait(0, deps=[d])
+                acc = _scale(acc, d, sc, bi, xs, xo)
+        wait_group(0)
+        _finish(acc, out_ptr, ws_ptr, cnt_ptr, rows, ms, mmask, M, N, pid_s, pid_m * gl.num_programs(0) + pid_n,
+                NSPLIT, SPLIT)  # fmt: skip
+
+    @gluon.jit
+    def _fold_kernel(xp_ptr, q_ptr, tp_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, KU, NT, G, GSH, TPS, NSPLIT, magic,
+                     BITS: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr, PLAN: gl.constexpr,
+                     BF16: gl.constexpr, NW: gl.constexpr, RB: gl.constexpr, STAGES: gl.constexpr,
+                     SPLIT: gl.constexpr):  # fmt: skip
+        """Large BM: the decode makes the weights ``code * s + b`` (fp16/bf16, one rounding a weight) and
+        wgmma accumulates over the whole K-range: no per-tile scaling (M=64: 120 -> 88 us). Words two tiles
+        ahead in registers, activations (unscaled) through a STAGES-deep cp.async ring."""
         pid_n = gl.program_id(0)
         pid_s = gl.program_id(1)
         pid_m = gl.program_id(2)
@@ -318,10 +526,10 @@ if HAVE_GLUON:
         XL: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [NW, 1], [1, 0])
         XSL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         xsm = gl.allocate_shared_memory(xp_ptr.dtype.element_ty, [STAGES, BM, 128], XSL)  # ring of tiles
-        # word offsets of the thread's (row, unit)s inside one tile (tile layout: 64-row blocks, 4 units)
         r = gl.arange(0, BN, layout=gl.SliceLayout(1, LW))
         u = gl.arange(0, 4, layout=gl.SliceLayout(0, LW))
         woff = ((r // 64) * (64 * BITS) * KU + (r % 64) * 4)[:, None] + u[None, :]
+        prow = (pid_n * (BN // 64) + r // 64) * (G * 64) + r % 64  # tile-major parameter words (group 0)
         qb = q_ptr + (pid_n * BN).to(gl.int64) * (BITS * KU)
         rows = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, MMA))
         ms = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, MMA))
@@ -331,70 +539,31 @@ if HAVE_GLUON:
         xrow = xp_ptr + xm.to(gl.int64)[:, None] * (NT * 128) + xk[None, :]
         xmask = (xm < M)[:, None] & (xk < 128)[None, :]
         acc = gl.zeros([BN, BM], gl.float32, MMA)
-        zero = gl.zeros([BN, BM], gl.float32, MMA)
         t_beg = pid_s * TPS
         t_end = gl.minimum(t_beg + TPS, NT)
         tl_ = t_end - 1
-        # prologue (tiles past the range re-read the last one). The ring holds the tiles being multiplied
-        # (1, or 2 with PAIR: their wgmma may still run while the next copies are issued) and those in flight.
-        PRO: gl.constexpr = STAGES - 2 if PAIR else STAGES - 1
-        for j in gl.static_range(PRO):
+        for j in gl.static_range(STAGES - 1):
             async_copy_global_to_shared(xsm.index(j), xrow + gl.minimum(t_beg + j, tl_) * 128, mask=xmask)
             commit_group()
         n0, n1, n2, n3 = _words(qb, woff, t_beg, BITS)
         m0, m1, m2, m3 = _words(qb, woff, gl.minimum(t_beg + 1, tl_), BITS)
-        if PAIR:
-            for t in range(t_beg, t_end, 2):
-                i = t - t_beg
-                w0, w1, w2, w3 = n0, n1, n2, n3
-                v0, v1, v2, v3 = m0, m1, m2, m3
-                n0, n1, n2, n3 = _words(qb, woff, gl.minimum(t + 2, tl_), BITS)
-                m0, m1, m2, m3 = _words(qb, woff, gl.minimum(t + 3, tl_), BITS)
-                sc0, bi0, xs0 = _params(s_ptr, b_ptr, xs_ptr, rows, ms, mmask, G, NT, t, GSH, True)
-                sc1, bi1, xs1 = _params(s_ptr, b_ptr, xs_ptr, rows, ms, mmask, G, NT, gl.minimum(t + 1, tl_), GSH,
-                                        t + 1 < t_end)  # fmt: skip
-                a0 = _a_tile(w0, w1, w2, w3, magic, magic, magic, A, BN, PLAN, BITS, BF16, False)
-                wait_group(STAGES - 4)  # this thread's copies of the two tiles' activations have landed
-                fence_async_shared()
-                gl.thread_barrier()  # everyone's have, and every warp is done with the previous two
-                d0 = warpgroup_mma(a0, xsm.index(i % STAGES).permute((1, 0)), zero, use_acc=False, is_async=True)
-                a1 = _a_tile(v0, v1, v2, v3, magic, magic, magic, A, BN, PLAN, BITS, BF16, False)
-                d1 = warpgroup_mma(a1, xsm.index((i + 1) % STAGES).permute((1, 0)), zero, use_acc=False,
-                                   is_async=True)  # fmt: skip
-                for j in gl.static_range(2):
-                    tn = gl.minimum(t + STAGES - 2 + j, tl_)
-                    async_copy_global_to_shared(xsm.index((i + STAGES - 2 + j) % STAGES), xrow + tn * 128, mask=xmask)
-                    commit_group()
-                d0 = warpgroup_mma_wait(1, deps=[d0])
-                acc = acc + d0 * sc0[:, None] + bi0[:, None] * xs0[None, :]
-                d1 = warpgroup_mma_wait(0, deps=[d1])
-                acc = acc + d1 * sc1[:, None] + bi1[:, None] * xs1[None, :]
-        else:
-            for t in range(t_beg, t_end):
-                i = t - t_beg
-                w0, w1, w2, w3 = n0, n1, n2, n3
-                n0, n1, n2, n3 = m0, m1, m2, m3
-                m0, m1, m2, m3 = _words(qb, woff, gl.minimum(t + 2, tl_), BITS)
-                if FOLD:
-                    s2, b2 = _packed_params(s_ptr, b_ptr, r, pid_n * BN, G, t >> GSH, BF16)
-                    a = _a_tile(w0, w1, w2, w3, magic, s2, b2, A, BN, PLAN, BITS, BF16, True)
-                else:
-                    sc, bi, xsum = _params(s_ptr, b_ptr, xs_ptr, rows, ms, mmask, G, NT, t, GSH, True)
-                    a = _a_tile(w0, w1, w2, w3, magic, magic, magic, A, BN, PLAN, BITS, BF16, False)
-                wait_group(STAGES - 2)  # this thread's copy of tile t's activations has landed
-                fence_async_shared()
-                gl.thread_barrier()  # everyone's has, and every warp is done with tile t-1's stage
-                tn = gl.minimum(t + STAGES - 1, tl_)
-                async_copy_global_to_shared(xsm.index((i + STAGES - 1) % STAGES), xrow + tn * 128, mask=xmask)
-                commit_group()
-                if FOLD:
-                    acc = warpgroup_mma(a, xsm.index(i % STAGES).permute((1, 0)), acc)
-                else:
-                    d = warpgroup_mma(a, xsm.index(i % STAGES).permute((1, 0)), zero, use_acc=False)
-                    acc = acc + d * sc[:, None] + bi[:, None] * xsum[None, :]
+        for t in range(t_beg, t_end):
+            i = t - t_beg
+            w0, w1, w2, w3 = n0, n1, n2, n3
+            n0, n1, n2, n3 = m0, m1, m2, m3
+            m0, m1, m2, m3 = _words(qb, woff, gl.minimum(t + 2, tl_), BITS)
+            s2, b2 = _packed_params(tp_ptr, prow, t >> GSH, BF16)
+            a = _a_tile(w0, w1, w2, w3, magic, s2, b2, A, BN, PLAN, BITS, BF16, True)
+            wait_group(STAGES - 2)  # this thread's copy of tile t's activations has landed
+            fence_async_shared()
+            gl.thread_barrier()  # everyone's has, and every warp is done with tile t-1's stage
+            tn = gl.minimum(t + STAGES - 1, tl_)
+            async_copy_global_to_shared(xsm.index((i + STAGES - 1) % STAGES), xrow + tn * 128, mask=xmask)
+            commit_group()
+            acc = warpgroup_mma(a, xsm.index(i % STAGES).permute((1, 0)), acc)
         wait_group(0)
-        optr = out_ptr + pid_s * M * N + ms[None, :] * N + rows[:, None]
-        gl.store(optr, acc.to(out_ptr.dtype.element_ty), mask=mmask[None, :])
+        _finish(acc, out_ptr, ws_ptr, cnt_ptr, rows, ms, mmask, M, N, pid_s, pid_m * gl.num_programs(0) + pid_n,
+                NSPLIT, SPLIT)  # fmt: skip
 
 
 def row_bases(bn: int, num_warps: int) -> tuple[tuple[int, int], ...]:
@@ -408,45 +577,53 @@ def row_bases(bn: int, num_warps: int) -> tuple[tuple[int, int], ...]:
 
 
 def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4, stages: int = 3,
-           pair: Optional[bool] = None, fold: Optional[bool] = None, maxnreg: int = 0,
-           out: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
-    """y = x2 @ W^T through the wgmma kernel (the caller checked :func:`supports`). ``stages``: tiles of
-    activations in flight; ``pair`` (default: bm <= 8): two tiles per iteration; ``fold`` (default:
-    bm >= 32, not with pair): the decode makes the weights ``code * s + b`` in fp16/bf16 (one rounding a
-    weight, like a dequantized model) and wgmma accumulates over all of K, instead of exact codes scaled in
-    fp32 per tile (measured on an H200 at M=64: 120 -> 88 us; max relative error 3.2e-4 vs 2.1e-4);
-    ``maxnreg``: register cap per thread (0: ptxas decides; 128 at bm 16, 4 programs per SM)."""
+           fold: Optional[bool] = None, maxnreg: int = 0, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """y = x2 @ W^T through the wgmma kernel (the caller checked :func:`supports`). ``fold`` (default:
+    bm >= 32): the decode makes the weights ``code * s + b`` in fp16/bf16 (one rounding a weight, like a
+    dequantized model) and wgmma accumulates over all of K, instead of raw codes scaled in fp32 per tile
+    (measured on an H200 at M=64: 120 -> 88 us; max relative error 3.1e-4 vs 2.1e-4); ``stages``: the raw
+    kernel's slots H (2-6: tiles copied H - 1 ahead), the folded kernel's activation ring depth; ``maxnreg``:
+    register cap per thread (0: ptxas decides). Split-K partials are added by the last program of each row
+    block (no extra launch), or at large M (big partial tiles) by a reduction kernel."""
     m, k = x2.shape
     n = w.out_features
     ku = lut_layout.num_units(k)
     nt = ku // lut_layout.UNIT_TILE
+    if fold is None:
+        fold = bm >= 32
+    halves = max(2, min(6, stages))  # the raw kernel's H slots
+    step = 1 if fold else halves  # tiles per iteration
     split = max(1, min(split, nt))
-    tps = -(-nt // split)
+    tps = -(-(-(-nt // split)) // step) * step
     split = -(-nt // tps)
     if n % bn:
         bn, num_warps = lut_layout.ROW_BLOCK, 4
     if not 16 * num_warps <= bn <= 32 * num_warps or num_warps not in (4, 8):
         raise ValueError(f"wgmma: {num_warps} warps cannot cover {bn} rows (16-32 rows a warp)")
+    if not fold and bn != 16 * num_warps:
+        raise ValueError(f"wgmma: the raw kernel takes 16 rows a warp ({bn} rows, {num_warps} warps)")
     if out is None:
         out = torch.empty(m, n, dtype=x2.dtype, device=x2.device)
-    dst = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x2.device)
-    xp, xs = prep_activations(x2, w.bits)
-    bf16 = x2.dtype == torch.bfloat16
-    if pair is None:
-        pair = bm <= 8
-    if fold is None:
-        fold = bm >= 32
-    gsh = 31 if w.groups == 1 else (w.group_size // TILE_K).bit_length() - 1
     grid = (n // bn, split, triton.cdiv(m, bm))
-    _wgmma_kernel[grid](
-        xp, xs, w.qweight, w.scales, w.biases, dst, m, n, ku, nt, w.groups, gsh, tps,
-        0x43004300 if bf16 else 0x64006400,
-        BITS=w.bits, BN=bn, BM=bm, PLAN=pair_plan(w.bits, MANTISSA[x2.dtype]), BF16=bf16, NW=num_warps,
-        RB=row_bases(bn, num_warps), STAGES=max(4 if pair else 2, stages + 2 if pair else stages), PAIR=pair,
-        FOLD=fold and not pair,
-        num_warps=num_warps, **({"maxnreg": maxnreg} if maxnreg else {}),
-    )  # fmt: skip
-    if split > 1:
-        block = 1024
-        _reduce_kernel[(triton.cdiv(m * n, block),)](dst, out, m * n, split, BLOCK=block)
+    ws = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x2.device)
+    cnt = out if split == 1 else _counters(x2.device, grid[0] * grid[2])
+    xp, xs = prep_activations(x2, w.bits, raw=not fold)
+    bf16 = x2.dtype == torch.bfloat16
+    gsh = 31 if w.groups == 1 else (w.group_size // TILE_K).bit_length() - 1
+    mode = 0 if split == 1 else (2 if fold else 1)  # fused split-K reduction, except for the large folded tiles
+    args = (w.qweight, tile_params(w), out, ws, cnt, m, n, ku, nt, w.groups, gsh, tps, split,
+            0x43004300 if bf16 else 0x64006400)  # fmt: skip
+    meta = dict(BITS=w.bits, BN=bn, BM=bm, PLAN=pair_plan(w.bits, MANTISSA[x2.dtype]), BF16=bf16, NW=num_warps,
+                SPLIT=mode, num_warps=num_warps,
+                **({"maxnreg": maxnreg} if maxnreg else {}))  # fmt: skip
+    if fold:
+        kern = _fold_kernel[grid](xp, *args, RB=row_bases(bn, num_warps), STAGES=max(2, stages), **meta)
+    else:
+        kern = _raw_kernel[grid](xp, xs, *args, H=halves, **meta)
+    if mode == 2:
+        _reduce_kernel[(triton.cdiv(m * n, 1024),)](ws, out, m * n, split, BLOCK=1024)
+    LAST["kernel"] = kern
     return out
+
+
+LAST: dict = {}  # the last compiled kernel launched (scripts read its register count)

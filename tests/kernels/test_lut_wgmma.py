@@ -2,7 +2,9 @@
 
 The Gluon kernel itself needs a Hopper GPU (scripts/gpu_lut_bench.py checks it there against float64);
 here: its decode plan and k permutation, emulated with torch, must give back exactly the packed codes of
-every (row, k), and the activation prep kernel (plain Triton, interpreted) must match torch.
+every (row, k), the activation prep kernel (plain Triton, interpreted) must match torch, and the raw
+decode's algebra (magic-number codes against prescaled activations, corrected in the epilogue) must give
+the float64 product.
 """
 
 import os
@@ -52,15 +54,75 @@ def test_shifts_are_shared():
     assert len({sb for w, sb, f in WG.pair_plan(4, 7)}) > 2
 
 
+def _away_from_zero(m, k, dtype):
+    """Activations with |x| >= 0.02: scaled by up to 2^-8 (2-bit fields in fp16) they stay normal fp16
+    numbers, so the prep's scaling is exact."""
+    x = torch.randn(m, k)
+    return (x.sign() * (0.02 + x.abs())).to(dtype)
+
+
+@pytest.mark.parametrize("raw", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-def test_prep_activations_match_torch(dtype):
+def test_prep_activations_match_torch(dtype, raw):
+    """xp = x in the k' order of every tile (times 2^-f per column when raw); xs = (tile sum of x, magic *
+    tile sum of xp) in fp32."""
     m, k, bits = 3, 384, 3
-    x = torch.randn(m, k).to(dtype)
-    xp, xs = WG.prep_activations(x, bits)
+    x = _away_from_zero(m, k, dtype)
+    xp, xs = WG.prep_activations(x, bits, raw=raw)
     perm = torch.tensor(WG.tile_perm(bits))
-    want = torch.cat([x[:, 128 * t : 128 * (t + 1)][:, perm] for t in range(k // 128)], 1)
-    assert torch.equal(xp, want)
-    torch.testing.assert_close(xs, x.float().view(m, -1, 128).sum(-1), rtol=1e-5, atol=1e-5)
+    want = torch.cat([x[:, 128 * t : 128 * (t + 1)][:, perm] for t in range(k // 128)], 1).double()
+    if raw:
+        shift = torch.tensor(WG.tile_shift(bits, WG.MANTISSA[dtype]), dtype=torch.float64)
+        want = want * (2.0**-shift).repeat(k // 128)
+    assert torch.equal(xp.double(), want)
+    if raw:
+        torch.testing.assert_close(xs[..., 0], x.float().view(m, -1, 128).sum(-1), rtol=1e-5, atol=1e-5)
+        magic = WG.MAGIC[dtype]
+        torch.testing.assert_close(xs[..., 1], magic * want.float().view(m, -1, 128).sum(-1), rtol=1e-5, atol=1e-3)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("bits", [2, 3, 4])
+def test_raw_decode_and_epilogue_give_the_product(bits, dtype):
+    """The raw kernel's algebra in float64: per tile, D = (magic + codes * 2^f) . xp (what wgmma computes from
+    the raw decode and the prepped activations); y = sum_t s_t * (D_t - magic * sum(xp_t)) + b_t * sum(x_t)
+    equals the float64 reference product of the packed weight."""
+    from memtool.kernels.lut_ref import lut_matmul_f64
+
+    from .helpers import rand_weight
+
+    n, k, m = 64, 384, 2
+    w = rand_weight("affine", bits, n, k, 128)
+    x = _away_from_zero(m, k, dtype)
+    xp, xs = WG.prep_activations(x, bits)
+    ku = L.num_units(k)
+    words = w.qweight.view(-1)[L.word_offsets(n, bits, ku)].to(torch.int64)  # [n, bits, ku]
+    y = torch.zeros(m, n, dtype=torch.float64)  # with the sums in float64: the identity, exact
+    y32 = torch.zeros(m, n, dtype=torch.float64)  # with the prep's fp32 sums, as the kernel does
+    for t in range(k // 128):
+        a = WG.emulate_tile(words[:, :, 4 * t : 4 * t + 4], bits, dtype, raw=True)  # [n, 128]
+        xt = xp[:, 128 * t : 128 * (t + 1)].double()
+        d = xt @ a.T  # [m, n]
+        s, b = w.scales[:, t].double(), w.biases[:, t].double()
+        xsum = x[:, 128 * t : 128 * (t + 1)].double().sum(1, keepdim=True)
+        y += s * (d - WG.MAGIC[dtype] * xt.sum(1, keepdim=True)) + b * xsum
+        y32 += s * (d - xs[:, t, 1, None].double()) + b * xs[:, t, 0, None].double()
+    ref = lut_matmul_f64(x, w)
+    assert ((y - ref).norm() / ref.norm()).item() < 1e-12
+    # the magic term cancels in fp32 (|magic * sum(xp)| >> |codes . x|): well inside the kernel's 1e-3 bound
+    assert ((y32 - ref).norm() / ref.norm()).item() < 3e-5
+
+
+def test_tile_params_are_the_scale_and_bias_bits_tile_major():
+    from .helpers import rand_weight
+
+    w = rand_weight("affine", 3, 128, 384, 128)
+    t = WG.tile_params(w)
+    assert t.shape == (2, 3, 64) and t.dtype == torch.int32 and WG.tile_params(w) is t  # cached
+    lo = (t & 0xFFFF).to(torch.int16).view(torch.float16)
+    hi = ((t >> 16) & 0xFFFF).to(torch.int16).view(torch.float16)
+    assert torch.equal(lo, w.scales.view(2, 64, 3).transpose(1, 2))
+    assert torch.equal(hi, w.biases.view(2, 64, 3).transpose(1, 2))
 
 
 def test_supports_needs_a_hopper_gpu_and_whole_tiles():
@@ -135,6 +197,6 @@ def test_launch_refuses_warps_that_cannot_cover_the_rows():
 
     w = rand_weight("affine", 3, 256, 256, 128)
     x = torch.randn(1, 256, dtype=torch.float16)
-    for bn, nw in ((128, 2), (256, 4), (64, 8)):
-        with pytest.raises(ValueError, match="warps"):
+    for bn, nw in ((128, 2), (256, 4), (64, 8), (128, 4)):
+        with pytest.raises(ValueError, match="warps|rows a warp"):
             WG.launch(x, w, 8, bn, 1, nw)
