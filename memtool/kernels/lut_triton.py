@@ -490,11 +490,9 @@ def _dot_kernel(
 
 
 @triton.jit
-def _gather_kernel(x_ptr, perm_ptr, xp_ptr, xs_ptr, K, NB, stride_xm, W: tl.constexpr, TB: tl.constexpr,
-                   SUMS: tl.constexpr):  # fmt: skip
+def _gather_kernel(x_ptr, perm_ptr, xp_ptr, K, NB, stride_xm, W: tl.constexpr, TB: tl.constexpr):
     """Activations into a kernel's k order: x [M, K] -> xp [M, NB * W], column j of block b = x[b*W + perm[j]]
-    (0 past K), so the kernel reads contiguous vectors instead of gathering; SUMS: xs [M, NB] = fp32 sum of
-    each block. One program: TB blocks of one row."""
+    (0 past K), so the kernel reads contiguous vectors instead of gathering. One program: TB blocks of one row."""
     m = tl.program_id(1)
     b = tl.program_id(0) * TB + tl.arange(0, TB)
     j = tl.arange(0, W)
@@ -502,8 +500,6 @@ def _gather_kernel(x_ptr, perm_ptr, xp_ptr, xs_ptr, K, NB, stride_xm, W: tl.cons
     bm = (b < NB)[:, None]
     x = tl.load(x_ptr + m.to(tl.int64) * stride_xm + k, mask=bm & (k < K), other=0.0)
     tl.store(xp_ptr + m.to(tl.int64) * NB * W + b[:, None] * W + j[None, :], x, mask=bm)
-    if SUMS:
-        tl.store(xs_ptr + m.to(tl.int64) * NB + b, tl.sum(x.to(tl.float32), axis=1), mask=b < NB)
 
 
 @triton.jit
@@ -683,7 +679,7 @@ def launch(x2: torch.Tensor, w: LutWeight, cfg: Config, out: Optional[torch.Tens
         xd = torch.empty(m, ku * 32, dtype=x2.dtype, device=dev)
         pb = 32
         perm = device_table("dot_perm", w.bits, dev, dot_perm, torch.int32)
-        _gather_kernel[(triton.cdiv(ku, pb), m)](x2, perm, xd, xd, k, ku, x2.stride(0), W=32, TB=pb, SUMS=False)
+        _gather_kernel[(triton.cdiv(ku, pb), m)](x2, perm, xd, k, ku, x2.stride(0), W=32, TB=pb)
         common["stride_xm"] = 32 * ku
         _dot_kernel[grid](
             xd, w.qweight, p0, p1, tab, tab, dst, **common,
