@@ -255,15 +255,20 @@ if HAVE_GLUON:
     _fma_asm = triton.constexpr_function(_fma_asm_text)
 
     @gluon.jit
-    def _sel(w0, w1, w2, w3, P: gl.constexpr):
-        if P == 0:
-            r = w0
-        elif P == 1:
-            r = w1
-        elif P == 2:
-            r = w2
+    def _sel6(s0, s1, s2, s3, s4, s5, I: gl.constexpr):
+        """Argument I (a compile-time index: the words of a plane, the buffers of a ring slot)."""
+        if I == 0:
+            r = s0
+        elif I == 1:
+            r = s1
+        elif I == 2:
+            r = s2
+        elif I == 3:
+            r = s3
+        elif I == 4:
+            r = s4
         else:
-            r = w3
+            r = s5
         return r
 
     @gluon.jit
@@ -278,7 +283,7 @@ if HAVE_GLUON:
         if WORD < 0:  # 3-bit codes 30/31: bit i of each is bit 15 / 31 of word i
             v = ((w0 >> 15) & 0x10001) | ((w1 >> 14) & 0x20002) | ((w2 >> 13) & 0x40004) | magic
         else:
-            w = _sel(w0, w1, w2, w3, WORD)
+            w = _sel6(w0, w1, w2, w3, w3, w3, WORD)
             if SB > 0:
                 w = w >> SB
             v = (w & (((1 << BITS) - 1) << F) * 0x10001) | magic
@@ -390,22 +395,6 @@ if HAVE_GLUON:
                     gl.atomic_xchg(cnt_ptr + cidx, 0)
 
     @gluon.jit
-    def _sel6(s0, s1, s2, s3, s4, s5, I: gl.constexpr):
-        if I == 0:
-            r = s0
-        elif I == 1:
-            r = s1
-        elif I == 2:
-            r = s2
-        elif I == 3:
-            r = s3
-        elif I == 4:
-            r = s4
-        else:
-            r = s5
-        return r
-
-    @gluon.jit
     def _fill(xb, wb, xrow, xmask, wsrc, wmask, tile, BITS: gl.constexpr):
         """cp.async one tile's activations and words into a slot's two buffers (no commit)."""
         async_copy_global_to_shared(xb, xrow + tile * 128, mask=xmask)
@@ -423,6 +412,19 @@ if HAVE_GLUON:
         if BITS > 3:
             w3 = wb.slice(3 * BN, BN).load(LW)
         return w0, w1, w2, w3
+
+    @gluon.jit
+    def _coords(xp_ptr, pid_n, pid_m, M, NT, BN: gl.constexpr, BM: gl.constexpr, MMA: gl.constexpr,
+                XL: gl.constexpr):  # fmt: skip
+        """The program's output rows and activation rows (accumulator layout), and the source pointers and
+        mask of its [BM, 128] activation tile (tile 0; tile t is t * 128 further)."""
+        rows = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, MMA))
+        ms = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, MMA))
+        xm = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, XL))
+        xk = gl.arange(0, 128, layout=gl.SliceLayout(0, XL))
+        xrow = xp_ptr + xm.to(gl.int64)[:, None] * (NT * 128) + xk[None, :]
+        xmask = (xm < M)[:, None] & (xk < 128)[None, :]
+        return rows, ms, ms < M, xrow, xmask
 
     @gluon.jit
     def _raw_kernel(xp_ptr, xs_ptr, q_ptr, tp_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, KU, NT, G, GSH, TPS,
@@ -469,14 +471,8 @@ if HAVE_GLUON:
         woff = (ci // BN) * 256 + (cr // 64) * (64 * BITS) * KU + (cr % 64) * 4
         wsrc = q_ptr + (pid_n * BN).to(gl.int64) * (BITS * KU) + woff[:, None] + cu[None, :]
         wmask = (ci < BITS * BN)[:, None] & (cu < 4)[None, :]
-        rows = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, MMA))
+        rows, ms, mmask, xrow, xmask = _coords(xp_ptr, pid_n, pid_m, M, NT, BN, BM, MMA, XL)
         prow = (rows // 64) * (G * 64) + rows % 64  # tile-major parameter words of the rows (group 0)
-        ms = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, MMA))
-        mmask = ms < M
-        xm = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, XL))
-        xk = gl.arange(0, 128, layout=gl.SliceLayout(0, XL))
-        xrow = xp_ptr + xm.to(gl.int64)[:, None] * (NT * 128) + xk[None, :]
-        xmask = (xm < M)[:, None] & (xk < 128)[None, :]
         acc = gl.zeros([BN, BM], gl.float32, MMA)
         zero = gl.zeros([BN, BM], gl.float32, MMA)
         t_beg = pid_s * TPS
@@ -531,13 +527,7 @@ if HAVE_GLUON:
         woff = ((r // 64) * (64 * BITS) * KU + (r % 64) * 4)[:, None] + u[None, :]
         prow = (pid_n * (BN // 64) + r // 64) * (G * 64) + r % 64  # tile-major parameter words (group 0)
         qb = q_ptr + (pid_n * BN).to(gl.int64) * (BITS * KU)
-        rows = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, MMA))
-        ms = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, MMA))
-        mmask = ms < M
-        xm = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, XL))
-        xk = gl.arange(0, 128, layout=gl.SliceLayout(0, XL))
-        xrow = xp_ptr + xm.to(gl.int64)[:, None] * (NT * 128) + xk[None, :]
-        xmask = (xm < M)[:, None] & (xk < 128)[None, :]
+        rows, ms, mmask, xrow, xmask = _coords(xp_ptr, pid_n, pid_m, M, NT, BN, BM, MMA, XL)
         acc = gl.zeros([BN, BM], gl.float32, MMA)
         t_beg = pid_s * TPS
         t_end = gl.minimum(t_beg + TPS, NT)
