@@ -338,19 +338,20 @@ if HAVE_GLUON:
         return w0, w1, w2, w3
 
     @gluon.jit
-    def _params(tp_ptr, xs_ptr, prow, ms, mmask, NT, t, GSH, valid):
+    def _params(tp_ptr, xsp, xsm, prow, t, GSH, valid, COL: gl.constexpr):
         """Tile t's group scale and bias of the rows, fp32 (zero for a tile past the range), from the tile-major
         parameter words (:func:`tile_params`: a row block's 64 (s, b) pairs of a group are 256 contiguous
-        bytes), and the tile's two activation sums (sum of x, magic * sum of the prepped x)."""
+        bytes), and the tile's two activation sums (sum of x, magic * sum of the prepped x) per column: one
+        8-byte load per column from the [BM, 2] pointers xsp (tile 0) and mask xsm, then split into the
+        accumulator's column layout COL (no data movement)."""
         pv = gl.load(tp_ptr + prow + (t >> GSH) * 64)
         sc, bi = gl.inline_asm_elementwise(
             "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=r,=r,r", [pv],
             dtype=(gl.float32, gl.float32), is_pure=True, pack=1)  # fmt: skip
         sc = gl.where(valid, sc, 0.0)
         bi = gl.where(valid, bi, 0.0)
-        xs = gl.load(xs_ptr + (ms * NT + t) * 2, mask=mmask, other=0.0)
-        xo = gl.load(xs_ptr + (ms * NT + t) * 2 + 1, mask=mmask, other=0.0)
-        return sc, bi, xs, xo
+        xs, xo = gl.split(gl.load(xsp + t * 2, mask=xsm, other=0.0))
+        return sc, bi, gl.convert_layout(xs, COL, assert_trivial=True), gl.convert_layout(xo, COL, assert_trivial=True)
 
     @gluon.jit
     def _scale(acc, d, sc, bi, xs, xo):
@@ -429,7 +430,8 @@ if HAVE_GLUON:
     @gluon.jit
     def _raw_kernel(xp_ptr, xs_ptr, q_ptr, tp_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, KU, NT, G, GSH, TPS,
                     NSPLIT, magic, BITS: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr, PLAN: gl.constexpr,
-                    BF16: gl.constexpr, NW: gl.constexpr, H: gl.constexpr, SPLIT: gl.constexpr):  # fmt: skip
+                    BF16: gl.constexpr, NW: gl.constexpr, H: gl.constexpr, SPLIT: gl.constexpr,
+                    SL2: gl.constexpr):  # fmt: skip
         """Program (BN = 16 * NW rows, K-range of TPS tiles, BM activation rows): y^T = W x^T on the tensor
         cores; A = raw decoded codes in registers, B = the prepped activation tile in shared memory.
 
@@ -473,6 +475,10 @@ if HAVE_GLUON:
         wmask = (ci < BITS * BN)[:, None] & (cu < 4)[None, :]
         rows, ms, mmask, xrow, xmask = _coords(xp_ptr, pid_n, pid_m, M, NT, BN, BM, MMA, XL)
         prow = (rows // 64) * (G * 64) + rows % 64  # tile-major parameter words of the rows (group 0)
+        sm = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, SL2))
+        sj = gl.arange(0, 2, layout=gl.SliceLayout(0, SL2))
+        xsp = xs_ptr + (sm * NT * 2)[:, None] + sj[None, :]  # the (sum, magic * sum) pairs of tile 0
+        xsm = (sm < M)[:, None] & (sj < 2)[None, :]
         acc = gl.zeros([BN, BM], gl.float32, MMA)
         zero = gl.zeros([BN, BM], gl.float32, MMA)
         t_beg = pid_s * TPS
@@ -485,7 +491,8 @@ if HAVE_GLUON:
         for t in range(t_beg, t_end, H):
             for h in gl.static_range(H):
                 t0 = t + h
-                sc, bi, xs, xo = _params(tp_ptr, xs_ptr, prow, ms, mmask, NT, gl.minimum(t0, tl_), GSH, t0 < t_end)
+                sc, bi, xs, xo = _params(tp_ptr, xsp, xsm, prow, gl.minimum(t0, tl_), GSH, t0 < t_end,
+                                         gl.SliceLayout(0, MMA))  # fmt: skip
                 wait_group(H - 2)  # this thread's copies of this tile have landed
                 gl.thread_barrier()  # everyone's have, and every warp is done with the previous tile's slot
                 fence_async_shared()  # after the barrier: a barrier right after the wait (none added by Triton)
@@ -556,6 +563,16 @@ if HAVE_GLUON:
                 NSPLIT, SPLIT)  # fmt: skip
 
 
+def sums_layout(bm: int, num_warps: int):
+    """Distributed layout of the [BM, 2] (sum, magic * sum) pairs of a tile: each thread holds the pairs of
+    the accumulator columns it owns (wgmma: columns 2 * (lane % 4) + {0, 1} + 8 j), the pair innermost (one
+    8-byte load); lanes with the same lane % 4 and all warps hold copies."""
+    regs = [[0, 1], [1, 0]] + [[c, 0] for c in (8, 16, 32) if c < bm]
+    return gl.DistributedLinearLayout(
+        reg_bases=regs, lane_bases=[[2, 0], [4, 0], [0, 0], [0, 0], [0, 0]],
+        warp_bases=[[0, 0]] * (num_warps.bit_length() - 1), block_bases=[], shape=[bm, 2])  # fmt: skip
+
+
 def row_bases(bn: int, num_warps: int) -> tuple[tuple[int, int], ...]:
     """Register bases of the word layout: row + 8, then the row blocks above what the warps cover."""
     out = [(8, 0)]
@@ -609,7 +626,7 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
     if fold:
         kern = _fold_kernel[grid](xp, *args, RB=row_bases(bn, num_warps), STAGES=max(2, stages), **meta)
     else:
-        kern = _raw_kernel[grid](xp, xs, *args, H=halves, **meta)
+        kern = _raw_kernel[grid](xp, xs, *args, H=halves, SL2=sums_layout(bm, num_warps), **meta)
     if mode == 2:
         _reduce_kernel[(triton.cdiv(m * n, 1024),)](ws, out, m * n, split, BLOCK=1024)
     LAST["kernel"] = kern
