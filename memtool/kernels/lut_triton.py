@@ -508,7 +508,7 @@ def _reduce_kernel(p_ptr, out_ptr, MN, S, BLOCK: tl.constexpr):
     mask = offs < MN
     acc = tl.zeros([BLOCK], dtype=tl.float32)
     for s in range(0, S):
-        acc += tl.load(p_ptr + s * MN + offs, mask=mask, other=0.0)
+        acc += tl.load(p_ptr + s.to(tl.int64) * MN + offs, mask=mask, other=0.0)
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 

@@ -374,18 +374,23 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _finish(acc, out_ptr, ws_ptr, cnt_ptr, rows, ms, mmask, M, N, pid_s, cidx, NSPLIT, SPLIT: gl.constexpr):
-        """Store the [BN, BM] result. SPLIT 1: partial sums of a K-range go to ws[pid_s]; the program counts
-        itself in cnt[cidx] and the last one of the block adds the partials in a fixed order (deterministic),
-        stores the output and resets the counter (no reduction launch). SPLIT 2: only the partials (a
-        reduction kernel adds them: better when the partial tiles are large)."""
-        off = ms[None, :] * N + rows[:, None]
+        """Store the [BN, BM] result. SPLIT % 4 == 1: partial sums of a K-range go to ws[pid_s]; the program
+        counts itself in cnt[cidx] and the last one of the block adds the partials in a fixed order
+        (deterministic), stores the output and resets the counter (no reduction launch). SPLIT % 4 == 2: only
+        the partials (a reduction kernel adds them: better when the partial tiles are large). SPLIT >= 4: the
+        same with 64-bit offsets (M x N x split >= 2^31)."""
+        if SPLIT >= 4:  # M x N x split passes 2^31 elements: 64-bit offsets (M may be a constexpr 1)
+            off = ms.to(gl.int64)[None, :] * N + rows[:, None]
+            mn = N.to(gl.int64) * M
+        else:
+            off = ms[None, :] * N + rows[:, None]
+            mn = M * N
         omask = mmask[None, :] & (rows < N)[:, None]
-        if SPLIT == 0:
+        if SPLIT % 4 == 0:
             gl.store(out_ptr + off, acc.to(out_ptr.dtype.element_ty), mask=omask)
         else:
-            mn = M * N
             gl.store(ws_ptr + pid_s * mn + off, acc, mask=omask)
-            if SPLIT == 1:
+            if SPLIT % 4 == 1:
                 gl.thread_barrier()  # every thread's partials are written before the (release) count
                 done = gl.atomic_add(cnt_ptr + cidx, 1, sem="acq_rel")
                 if done == NSPLIT - 1:
@@ -618,6 +623,7 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
     bf16 = x2.dtype == torch.bfloat16
     gsh = 31 if w.groups == 1 else (w.group_size // TILE_K).bit_length() - 1
     mode = 0 if split == 1 else (2 if fold else 1)  # fused split-K reduction, except for the large folded tiles
+    mode += 4 if m * n * split >= 2**31 else 0
     args = (w.qweight, tile_params(w), out, ws, cnt, m, n, ku, nt, w.groups, gsh, tps, split,
             0x43004300 if bf16 else 0x64006400)  # fmt: skip
     meta = dict(BITS=w.bits, BN=bn, BM=bm, PLAN=pair_plan(w.bits, MANTISSA[x2.dtype]), BF16=bf16, NW=num_warps,
@@ -627,7 +633,7 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
         kern = _fold_kernel[grid](xp, *args, RB=row_bases(bn, num_warps), STAGES=max(2, stages), **meta)
     else:
         kern = _raw_kernel[grid](xp, xs, *args, H=halves, SL2=sums_layout(bm, num_warps), **meta)
-    if mode == 2:
+    if mode % 4 == 2:
         _reduce_kernel[(triton.cdiv(m * n, 1024),)](ws, out, m * n, split, BLOCK=1024)
     LAST["kernel"] = kern
     return out
