@@ -507,8 +507,10 @@ def _reduce_kernel(p_ptr, out_ptr, MN, S, BLOCK: tl.constexpr):
     offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
     mask = offs < MN
     acc = tl.zeros([BLOCK], dtype=tl.float32)
-    for s in range(0, S):
-        acc += tl.load(p_ptr + s.to(tl.int64) * MN + offs, mask=mask, other=0.0)
+    p = p_ptr + offs
+    for _s in range(0, S):  # the pointer advances (64-bit): S x MN may pass 2^31
+        acc += tl.load(p, mask=mask, other=0.0)
+        p += MN
     tl.store(out_ptr + offs, acc.to(out_ptr.dtype.element_ty), mask=mask)
 
 
