@@ -1,4 +1,4 @@
-"""The Hopper wgmma kernel's offline parts (memtool/kernels/lut_wgmma.py), on the CPU.
+"""The Hopper wgmma kernel's offline parts (memtool/kernels/lut_wgmma.py, lut_wgmma_plan.py), on the CPU.
 
 The Gluon kernel itself needs a Hopper GPU (scripts/gpu_lut_bench.py checks it there against float64);
 here: its decode plan and k permutation, emulated with torch, must give back exactly the packed codes of
@@ -14,6 +14,7 @@ import torch
 
 from memtool.kernels import lut_layout as L
 from memtool.kernels import lut_wgmma as WG
+from memtool.kernels import lut_wgmma_plan as WP
 
 assert os.environ.get("TRITON_INTERPRET") == "1"
 
@@ -28,30 +29,30 @@ def test_decoded_tile_in_kprime_order_is_the_codes(bits, dtype):
     q = L.pack_codes(codes, bits)
     ku = L.num_units(k)
     words = q.view(-1)[L.word_offsets(n, bits, ku)].to(torch.int64)  # [n, bits, ku]
-    perm = torch.tensor(WG.tile_perm(bits))
+    perm = torch.tensor(WP.tile_perm(bits))
     for t in range(ku // 4):
-        got = WG.emulate_tile(words[:, :, 4 * t : 4 * t + 4], bits, dtype)
+        got = WP.emulate_tile(words[:, :, 4 * t : 4 * t + 4], bits, dtype)
         want = codes[:, 128 * t : 128 * (t + 1)][:, perm].double()
         assert torch.equal(got, want), f"tile {t}"
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
 def test_tile_perm_is_a_permutation(bits):
-    assert sorted(WG.tile_perm(bits)) == list(range(128))
+    assert sorted(WP.tile_perm(bits)) == list(range(128))
 
 
 @pytest.mark.parametrize("bits", [2, 3, 4])
 @pytest.mark.parametrize("mantissa", [7, 10])
 def test_fields_fit_the_mantissa(bits, mantissa):
-    for word, sb, f in WG.pair_plan(bits, mantissa):
+    for word, sb, f in WP.pair_plan(bits, mantissa):
         assert word == -1 or (0 <= word < bits and f + bits <= mantissa and sb + f < 16)
 
 
 def test_shifts_are_shared():
     """fp16: one shift per word serves its later pairs (3 bits: 9; 4 bits: 8); bf16 needs more."""
-    assert {sb for w, sb, f in WG.pair_plan(3, 10) if w >= 0} == {0, 9}
-    assert {sb for w, sb, f in WG.pair_plan(4, 10) if w >= 0} == {0, 8}
-    assert len({sb for w, sb, f in WG.pair_plan(4, 7)}) > 2
+    assert {sb for w, sb, f in WP.pair_plan(3, 10) if w >= 0} == {0, 9}
+    assert {sb for w, sb, f in WP.pair_plan(4, 10) if w >= 0} == {0, 8}
+    assert len({sb for w, sb, f in WP.pair_plan(4, 7)}) > 2
 
 
 def _away_from_zero(m, k, dtype):
@@ -68,16 +69,16 @@ def test_prep_activations_match_torch(dtype, raw):
     tile sum of xp) in fp32."""
     m, k, bits = 3, 384, 3
     x = _away_from_zero(m, k, dtype)
-    xp, xs = WG.prep_activations(x, bits, raw=raw)
-    perm = torch.tensor(WG.tile_perm(bits))
+    xp, xs = WP.prep_activations(x, bits, raw=raw)
+    perm = torch.tensor(WP.tile_perm(bits))
     want = torch.cat([x[:, 128 * t : 128 * (t + 1)][:, perm] for t in range(k // 128)], 1).double()
     if raw:
-        shift = torch.tensor(WG.tile_shift(bits, WG.MANTISSA[dtype]), dtype=torch.float64)
+        shift = torch.tensor(WP.tile_shift(bits, WP.MANTISSA[dtype]), dtype=torch.float64)
         want = want * (2.0**-shift).repeat(k // 128)
     assert torch.equal(xp.double(), want)
     if raw:
         torch.testing.assert_close(xs[..., 0], x.float().view(m, -1, 128).sum(-1), rtol=1e-5, atol=1e-5)
-        magic = WG.MAGIC[dtype]
+        magic = WP.MAGIC[dtype]
         torch.testing.assert_close(xs[..., 1], magic * want.float().view(m, -1, 128).sum(-1), rtol=1e-5, atol=1e-3)
 
 
@@ -94,18 +95,18 @@ def test_raw_decode_and_epilogue_give_the_product(bits, dtype):
     n, k, m = 64, 384, 2
     w = rand_weight("affine", bits, n, k, 128)
     x = _away_from_zero(m, k, dtype)
-    xp, xs = WG.prep_activations(x, bits)
+    xp, xs = WP.prep_activations(x, bits)
     ku = L.num_units(k)
     words = w.qweight.view(-1)[L.word_offsets(n, bits, ku)].to(torch.int64)  # [n, bits, ku]
     y = torch.zeros(m, n, dtype=torch.float64)  # with the sums in float64: the identity, exact
     y32 = torch.zeros(m, n, dtype=torch.float64)  # with the prep's fp32 sums, as the kernel does
     for t in range(k // 128):
-        a = WG.emulate_tile(words[:, :, 4 * t : 4 * t + 4], bits, dtype, raw=True)  # [n, 128]
+        a = WP.emulate_tile(words[:, :, 4 * t : 4 * t + 4], bits, dtype, raw=True)  # [n, 128]
         xt = xp[:, 128 * t : 128 * (t + 1)].double()
         d = xt @ a.T  # [m, n]
         s, b = w.scales[:, t].double(), w.biases[:, t].double()
         xsum = x[:, 128 * t : 128 * (t + 1)].double().sum(1, keepdim=True)
-        y += s * (d - WG.MAGIC[dtype] * xt.sum(1, keepdim=True)) + b * xsum
+        y += s * (d - WP.MAGIC[dtype] * xt.sum(1, keepdim=True)) + b * xsum
         y32 += s * (d - xs[:, t, 1, None].double()) + b * xs[:, t, 0, None].double()
     ref = lut_matmul_f64(x, w)
     assert ((y - ref).norm() / ref.norm()).item() < 1e-12
@@ -117,8 +118,8 @@ def test_tile_params_are_the_scale_and_bias_bits_tile_major():
     from .helpers import rand_weight
 
     w = rand_weight("affine", 3, 128, 384, 128)
-    t = WG.tile_params(w)
-    assert t.shape == (2, 3, 64) and t.dtype == torch.int32 and WG.tile_params(w) is t  # cached
+    t = WP.tile_params(w)
+    assert t.shape == (2, 3, 64) and t.dtype == torch.int32 and WP.tile_params(w) is t  # cached
     lo = (t & 0xFFFF).to(torch.int16).view(torch.float16)
     hi = ((t >> 16) & 0xFFFF).to(torch.int16).view(torch.float16)
     assert torch.equal(lo, w.scales.view(2, 64, 3).transpose(1, 2))
@@ -143,7 +144,7 @@ def test_fma_constants_undo_the_magic_number(f, bf16):
     ``(magic + c*2^f) * 2^-f - magic*2^-f == c`` for every code (checked in float64 on the decoded patterns)."""
     import re
 
-    asm = WG._fma_asm_text(f, bf16, False)
+    asm = WP._fma_asm_text(f, bf16, False)
     s2, c2 = re.findall(r"mov\.b32 [sc], 0x([0-9a-f]{8})", asm)
     dt = torch.bfloat16 if bf16 else torch.float16
     def val(h):  # the low 16-bit pattern of h as a dt number

@@ -1,0 +1,173 @@
+"""Host side of the Hopper wgmma LUT kernel (:mod:`memtool.kernels.lut_wgmma`): the decode plan, the k order of a
+tile, the activation prep (a plain Triton kernel, runs under ``TRITON_INTERPRET``), the tile-major group
+parameters, and a torch emulation of the decode that the CPU tests check against the packed codes.
+"""
+
+from __future__ import annotations
+
+import functools
+
+import torch
+import triton
+import triton.language as tl
+
+from memtool.kernels import lut_layout
+from memtool.kernels.lut_triton import device_table
+
+BITS_OK = (2, 3, 4)
+TILE_K = lut_layout.UNIT * lut_layout.UNIT_TILE  # 128 k per tile
+MANTISSA = {torch.float16: 10, torch.bfloat16: 7}
+MAGIC = {torch.float16: 1024.0, torch.bfloat16: 128.0}
+
+
+# ----------------------------------------------------------------------------------------------- plans
+@functools.lru_cache(maxsize=None)
+def pair_plan(bits: int, mantissa: int) -> tuple[tuple[int, int, int], ...]:
+    """Per pair T of a unit (:func:`lut_layout.pair_slots` order): ``(word, shift, f)``: the pair's low code
+    is ``(word >> shift) >> f & mask`` and its high code 16 bits above; ``f + bits <= mantissa`` so the
+    field can stay in place inside the mantissa. Shifts are shared: a word is shifted again only when the
+    next field no longer fits. word -1: the bit-sliced 3-bit pair (codes 30, 31), decoded apart."""
+    out = []
+    base: dict[int, int] = {}
+    for word, pos, _lo, _hi in lut_layout.pair_slots(bits):
+        if word < 0:
+            out.append((-1, 0, 0))
+            continue
+        sb = base.get(word, 0)
+        if pos - sb + bits > mantissa:
+            sb = pos
+        base[word] = sb
+        out.append((word, sb, pos - sb))
+    return tuple(out)
+
+
+def tile_perm(bits: int) -> list[int]:
+    """k offset inside a 128-k tile (``unit * 32 + code``) of each column k' of the kernel's A operand.
+
+    The kernel joins the 16 pairs of a unit into ``[rows, unit(4), half, b0, b1, b2, b3]`` (pair
+    ``T = b0 + 2 b1 + 4 b2 + 8 b3``) and permutes it to ``k' = 64 b3 + 32 b0 + 16 b1 + 8 b2 + 2 unit + half``
+    (the two lane bits of the fragment are the unit, the packed register pair is the pair's two halves)."""
+    pairs = lut_layout.pair_slots(bits)
+    perm = [0] * TILE_K
+    for u in range(4):
+        for t in range(16):
+            b0, b1, b2, b3 = t & 1, (t >> 1) & 1, (t >> 2) & 1, (t >> 3) & 1
+            for h in range(2):
+                kp = 64 * b3 + 32 * b0 + 16 * b1 + 8 * b2 + 2 * u + h
+                perm[kp] = u * 32 + pairs[t][2 + h]
+    return perm
+
+
+def emulate_tile(words: torch.Tensor, bits: int, dtype: torch.dtype, raw: bool = False) -> torch.Tensor:
+    """What the kernel's decode computes for one tile, in torch: ``words`` int64 ``[R, bits, 4]`` (plane
+    words of R rows x 4 units) -> codes ``[R, 128]`` in k' order (float64); ``raw``: the raw decode's
+    magic-number values ``magic + code * 2^f`` instead (the prep scales activation k' by ``2^-f``). Used by
+    tests to check :func:`pair_plan`, :func:`tile_perm` and :func:`tile_shift` against the packed codes."""
+    mb = MANTISSA[dtype]
+    magic = MAGIC[dtype]
+    plan = pair_plan(bits, mb)
+    w = words & 0xFFFFFFFF
+    mask = (1 << bits) - 1
+    pairs = []
+    for t, (word, sb, f) in enumerate(plan):
+        if word < 0:  # 3-bit codes 30/31: bit i of each code is bit 15 / 31 of word i
+            v = ((w[:, 0] >> 15) & 0x10001) | ((w[:, 1] >> 14) & 0x20002) | ((w[:, 2] >> 13) & 0x40004)
+            f = 0
+        else:
+            v = (w[:, word] >> sb) & ((mask << f) * 0x10001)
+        lo = (v & 0xFFFF).double() + magic  # the mantissa bits on top of the magic number
+        hi = (v >> 16).double() + magic
+        assert bool((lo < 2 * magic).all()) and bool((hi < 2 * magic).all()), "field leaves the mantissa"
+        sc = 2.0**-f
+        if raw:
+            pairs.append(torch.stack([lo, hi], -1))
+        else:
+            pairs.append(torch.stack([lo * sc - magic * sc, hi * sc - magic * sc], -1))  # [R, 4, 2]
+    j = torch.stack(pairs, -1)  # [R, 4(u), 2(h), 16(T)]
+    j = j.reshape(*j.shape[:3], 2, 2, 2, 2)  # T bits: last axis fastest -> [.., b3, b2, b1, b0]
+    r = j.shape[0]
+    j = j.reshape(r, 2, 2, 2, 2, 2, 2, 2)  # [R, u1, u0, h, b3, b2, b1, b0]
+    j = j.permute(0, 4, 7, 6, 5, 1, 2, 3)  # -> [R, b3, b0, b1, b2, u1, u0, h]
+    return j.reshape(r, TILE_K)
+
+
+def tile_params(w) -> torch.Tensor:
+    """The affine weight's group scales and biases as tile-major int32 words ``[N/64, G, 64]`` (``s | b << 16``,
+    fp16 bit patterns): the 64 rows of a row block share a group per tile, so a tile's parameters are 256
+    contiguous bytes (the ``[N, G]`` tensors put them G*2 bytes apart: one 32-byte sector read per 2-byte
+    value; measured on an H200: ~9 of 49 us at M=1, 8192x28672). Made once per weight and cached on it
+    (``w.cache``): 4 bytes per group and row more memory (0.25 bits per weight at g128)."""
+    t = w.cache.get("wgmma_params")
+    if t is None:
+        n, g = w.out_features, w.groups
+        s = w.scales.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF
+        b = w.biases.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF
+        t = (s | (b << 16)).view(n // 64, 64, g).transpose(1, 2).contiguous()
+        w.cache["wgmma_params"] = t
+    return t
+
+
+# ------------------------------------------------------------------------------------------------ prep
+def tile_shift(bits: int, mantissa: int) -> list[int]:
+    """Bit position ``f`` (in the mantissa) of the field of each column k' of a tile (:func:`tile_perm` order):
+    the raw decode leaves the code there, so the prep scales activation k' by ``2^-f`` to match."""
+    plan = pair_plan(bits, mantissa)
+    out = [0] * TILE_K
+    for kp in range(TILE_K):
+        t = ((kp >> 5) & 1) | ((kp >> 4) & 1) << 1 | ((kp >> 3) & 1) << 2 | ((kp >> 6) & 1) << 3
+        out[kp] = plan[t][2]
+    return out
+
+
+@triton.jit
+def _prep_kernel(x_ptr, perm_ptr, scl_ptr, xp_ptr, xs_ptr, K, NT, stride_xm, MAGIC, TB: tl.constexpr,
+                 RAW: tl.constexpr):  # fmt: skip
+    """x [M, K] -> xp [M, NT*128]: column k' of tile t = x[t*128 + perm[k']] (0 past K), times ``scl[k'] =
+    2^-f`` with RAW (exact: a power of two); RAW also writes xs [M, NT, 2] = (sum of the tile's x, MAGIC * sum
+    of its scaled x) in fp32, the terms the kernel's epilogue needs. One program: TB tiles of one row."""
+    m = tl.program_id(1)
+    b = tl.program_id(0) * TB + tl.arange(0, TB)
+    j = tl.arange(0, 128)
+    k = b[:, None] * 128 + tl.load(perm_ptr + j)[None, :]
+    bm = (b < NT)[:, None]
+    x = tl.load(x_ptr + m.to(tl.int64) * stride_xm + k, mask=bm & (k < K), other=0.0)
+    if RAW:
+        xq = (x.to(tl.float32) * tl.load(scl_ptr + j)[None, :]).to(x.dtype)
+        sums = xs_ptr + (m.to(tl.int64) * NT + b) * 2
+        tl.store(sums, tl.sum(x.to(tl.float32), axis=1), mask=b < NT)
+        tl.store(sums + 1, tl.sum(xq.to(tl.float32), axis=1) * MAGIC, mask=b < NT)
+    else:
+        xq = x
+    tl.store(xp_ptr + m.to(tl.int64) * NT * 128 + b[:, None] * 128 + j[None, :], xq, mask=bm)
+
+
+def prep_activations(x2: torch.Tensor, bits: int, raw: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """x2 [M, K] -> (xp [M, NT*128] in the kernel's k' order (:func:`tile_perm`), scaled by ``2^-f`` per column
+    when ``raw`` (:func:`tile_shift`), and xs [M, NT, 2] fp32 = (tile sum of x, magic * tile sum of xp))."""
+    m, k = x2.shape
+    nt = -(-k // TILE_K)
+    xp = torch.empty(m, nt * TILE_K, dtype=x2.dtype, device=x2.device)
+    xs = torch.empty(m, nt, 2, dtype=torch.float32, device=x2.device) if raw else xp
+    perm = device_table("wgmma_perm", bits, x2.device, tile_perm, torch.int32)
+    mb = MANTISSA.get(x2.dtype, 10)
+    scl = device_table(f"wgmma_scale{mb}", bits, x2.device, lambda b: [2.0**-f for f in tile_shift(b, mb)],
+                       torch.float32)  # fmt: skip
+    tb = 4
+    _prep_kernel[(triton.cdiv(nt, tb), m)](x2, perm, scl, xp, xs, k, nt, x2.stride(0), MAGIC.get(x2.dtype, 1.0),
+                                          TB=tb, RAW=raw)  # fmt: skip
+    return xp, xs
+
+
+def _fma_asm_text(f, bf16, fold):
+    """PTX: two codes at bit f of a magic-number pair -> exact codes: ``v * 2^-f - magic * 2^-f`` (both
+    constants are signed powers of two, magic = 2^10 fp16, 2^7 bf16, written as 16-bit patterns); with
+    ``fold`` also the weights ``code * s + b`` ($3 = (s, s), $4 = (b, b); one rounding)."""
+    ebits, bias_e, mag = (8, 127, 7) if bf16 else (5, 15, 10)
+    mant = 15 - ebits
+    sc = (bias_e - f) << mant  # 2^-f
+    c = (1 << 15) | ((bias_e + mag - f) << mant)  # -2^(mag - f)
+    op = "fma.rn.bf16x2" if bf16 else "fma.rn.f16x2"
+    body = "mov.b32 s, 0x%04x%04x; mov.b32 c, 0x%04x%04x; %s r, $2, s, c; " % (sc, sc, c, c, op)
+    if fold:
+        body += "%s r, r, $3, $4; " % op
+    return "{ .reg .b32 s, c, r; " + body + "mov.b32 {$0, $1}, r; }"
