@@ -83,6 +83,7 @@ try:  # Gluon (Triton >= 3.5); the kernel below is only defined where it exists
 except Exception:  # noqa: BLE001  (an older Triton, or one whose Gluon API moved)
     HAVE_GLUON = False
 
+
 def supports(w, m: int, n: int, k: int, device, dtype: Optional[torch.dtype] = None) -> bool:
     """True where this kernel can run: affine 2/3/4-bit weights whose tiles lie in one group (group size
     128 * 2^i or per-channel), whole tiles (N % 64 == 0, K % 128 == 0), fp16/bf16 activations (``dtype``,
@@ -97,7 +98,6 @@ def supports(w, m: int, n: int, k: int, device, dtype: Optional[torch.dtype] = N
         return False
     tpg = w.group_size // TILE_K
     return w.groups == 1 or (w.group_size % TILE_K == 0 and tpg & (tpg - 1) == 0)
-
 
 
 # ---------------------------------------------------------------------------------------------- kernel

@@ -131,7 +131,7 @@ def test_refit_is_the_least_squares_solution(layer, mode):
 
     W, X, H = layer
     cfg = LutConfig(3, 64, "uniform")  # K = 200: groups of 64, 64, 64, 8
-    q = gptq_quantize(W, H, cfg, GptqConfig(refit=None), compute_dtype=torch.float64)
+    q = gptq_quantize(W, H, cfg, GptqConfig(refit=None, clip_weighted=False), compute_dtype=torch.float64)
     s, z = refit_uniform(W, q.codes.long(), q.scale, q.zero, H, 64, mode)
     N, K = W.shape
     gid = torch.arange(K) // 64
@@ -153,7 +153,7 @@ def test_refit_is_the_least_squares_solution(layer, mode):
     wq0, wq1 = q.dequantize(), refit.dequantize()
     e0 = (((W - wq0) @ H) * (W - wq0)).sum(1)
     e1 = (((W - wq1) @ H) * (W - wq1)).sum(1)
-    assert (e1 <= e0 * (1 + 1e-12)).all() and e1.sum() < 0.99 * e0.sum()
+    assert (e1 <= e0 * (1 + 1e-12)).all() and e1.sum() < 0.97 * e0.sum()
     q2 = gptq_quantize(W, H, cfg, GptqConfig(refit=mode, damp=0.0), compute_dtype=torch.float64)
     assert output_error(W, q2.dequantize(), H) < output_error(W, gptq_quantize(
         W, H, cfg, GptqConfig(damp=0.0, refit=None), compute_dtype=torch.float64).dequantize(), H)
