@@ -39,11 +39,13 @@ def check(dev):
                 x = torch.randn(m, k, device=dev, dtype=dt)
                 ref = lut_matmul_f64(x, w)
                 bm = min(64, max(8, 1 << (m - 1).bit_length()))
-                variants = [(64, 4, False, 3, 0), (64, 4, False, 6, 0), (128, 8, False, 4, 0), (bn, 4, True, 3, 0)]
-                for vbn, nw, fold, stg, reg in variants:
+                variants = [(64, 4, False, 3, 0, False), (64, 4, False, 6, 0, True),
+                            (128, 8, False, 4, 0, False), (bn, 4, True, 3, 0, False),
+                            (64, 4, False, 4, 0, True), (128, 8, False, 3, 0, True)]  # fmt: skip
+                for vbn, nw, fold, stg, reg, pdl in variants:
                     try:
                         out = torch.full((m, n), float("nan"), device=dev, dtype=dt)
-                        y = WG.launch(x, w, bm, vbn, split, nw, stg, fold=fold, maxnreg=reg, out=out)
+                        y = WG.launch(x, w, bm, vbn, split, nw, stg, fold=fold, maxnreg=reg, out=out, pdl=pdl)
                         err = ((y.double() - ref).norm() / ref.norm()).item()
                         ok = err < (1e-3 if dt == torch.float16 else 1e-2) and not torch.isnan(y).any()
                     except Exception:  # noqa: BLE001
@@ -51,7 +53,7 @@ def check(dev):
                         err, ok = float("nan"), False
                     bad += not ok
                     print(f"check m={m} n={n} k={k} g={g} q{bits} {str(dt)[6:]} bn={vbn} nw={nw} fold={fold} st={stg} reg={reg} "
-                          f"split={split}: {'ok' if ok else 'FAIL'} {err:.1e}", flush=True)  # fmt: skip
+                          f"pdl={int(pdl)} split={split}: {'ok' if ok else 'FAIL'} {err:.1e}", flush=True)  # fmt: skip
     return bad
 
 

@@ -588,7 +588,7 @@ def candidates(m: int, n: int, k: int, w: LutWeight, device, wgmma: bool = True,
         if bm >= 32:  # folded scales (M=64 on an H200: 128 rows / 8 warps / split 4 best)
             shapes, waves = ((128, 8, 3, 0), (64, 4, 3, 0)), (4.0, 2.0, 6.0)
         else:
-            shapes = ((64, 4, 3, 0), (64, 4, 4, 0), (128, 8, 3, 0)) + (((64, 4, 3, 128),) if bm >= 16 else ())
+            shapes = ((64, 4, 3, 0), (64, 4, 4, 0), (128, 8, 3, 0))
             waves = (6.0, 4.0, 3.0, 9.0)
         for bn, nw, st, reg in shapes:
             blocks = n // bn * -(-m // bm)

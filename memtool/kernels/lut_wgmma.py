@@ -188,19 +188,22 @@ if HAVE_GLUON:
         return w0, w1, w2, w3
 
     @gluon.jit
-    def _params(tp_ptr, xsp, xsm, prow, t, GSH, valid, COL: gl.constexpr):
+    def _params(tp_ptr, xsp, prow, t, GSH, MP, valid, COL: gl.constexpr):
         """Tile t's group scale and bias of the rows, fp32 (zero for a tile past the range), from the tile-major
         parameter words (:func:`tile_params`: a row block's 64 (s, b) pairs of a group are 256 contiguous
-        bytes), and the tile's two activation sums (sum of x, magic * sum of the prepped x) per column: one
-        8-byte load per column from the [BM, 2] pointers xsp (tile 0) and mask xsm, then split into the
-        accumulator's column layout COL (no data movement)."""
+        bytes), and the tile's two activation sums (sum of x, magic * sum of the prepped x) per column: the four
+        of a column pair in one 16-byte load from xsp ([BM/2, 4] pointers into tile 0 of the tile-major sums,
+        MP rows a tile, zero-padded), then split into the accumulator's column layout COL (no data movement)."""
         pv = gl.load(tp_ptr + prow + (t >> GSH) * 64)
         sc, bi = gl.inline_asm_elementwise(
             "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=r,=r,r", [pv],
             dtype=(gl.float32, gl.float32), is_pure=True, pack=1)  # fmt: skip
         sc = gl.where(valid, sc, 0.0)
         bi = gl.where(valid, bi, 0.0)
-        xs, xo = gl.split(gl.load(xsp + t * 2, mask=xsm, other=0.0))
+        v = gl.load(xsp + t * (MP * 2))  # [BM/2, 4]: (m even, m odd) x (sum, magic * sum)
+        xs, xo = gl.split(gl.reshape(v, [v.shape[0], 2, 2]))
+        xs = gl.reshape(xs, [2 * v.shape[0]])
+        xo = gl.reshape(xo, [2 * v.shape[0]])
         return sc, bi, gl.convert_layout(xs, COL, assert_trivial=True), gl.convert_layout(xo, COL, assert_trivial=True)
 
     @gluon.jit
@@ -251,10 +254,12 @@ if HAVE_GLUON:
                     gl.atomic_xchg(cnt_ptr + cidx, 0)
 
     @gluon.jit
-    def _fill(xb, wb, xrow, xmask, wsrc, wmask, tile, BITS: gl.constexpr):
-        """cp.async one tile's activations and words into a slot's two buffers (no commit)."""
-        async_copy_global_to_shared(xb, xrow + tile * 128, mask=xmask)
-        async_copy_global_to_shared(wb, wsrc + tile * (BITS * 256), mask=wmask)
+    def _fill(xb, wb, xrow, xmask, wsrc, wmask, tile, BITS: gl.constexpr, X: gl.constexpr, W: gl.constexpr):
+        """cp.async one tile's activations (X) and words (W) into a slot's two buffers (no commit)."""
+        if X:
+            async_copy_global_to_shared(xb, xrow + tile * 128, mask=xmask)
+        if W:
+            async_copy_global_to_shared(wb, wsrc + tile * (BITS * 256), mask=wmask)
 
     @gluon.jit
     def _slot_words(wb, LW: gl.constexpr, BN: gl.constexpr, BITS: gl.constexpr):
@@ -283,10 +288,16 @@ if HAVE_GLUON:
         return rows, ms, ms < M, xrow, xmask
 
     @gluon.jit
+    def _gdc_wait():
+        """griddepcontrol.wait: block until the grids this one depends on (the activation prep, launched
+        before it with programmatic dependent launch) have finished and their writes are visible."""
+        gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+
+    @gluon.jit
     def _raw_kernel(xp_ptr, xs_ptr, q_ptr, tp_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, KU, NT, G, GSH, TPS,
                     NSPLIT, magic, BITS: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr, PLAN: gl.constexpr,
                     BF16: gl.constexpr, NW: gl.constexpr, H: gl.constexpr, SPLIT: gl.constexpr,
-                    SL2: gl.constexpr):  # fmt: skip
+                    SL4: gl.constexpr, PDL: gl.constexpr):  # fmt: skip
         """Program (BN = 16 * NW rows, K-range of TPS tiles, BM activation rows): y^T = W x^T on the tensor
         cores; A = raw decoded codes in registers, B = the prepped activation tile in shared memory.
 
@@ -294,7 +305,8 @@ if HAVE_GLUON:
         enough to keep DRAM busy without holding words in registers). The loop is unrolled over the H slots:
         each has its own buffers, so Triton's barrier analysis sees that a copy and a read touch different
         memory and one barrier per tile suffices (the one that frees the slot refilled next). Tile t is in
-        group t >> GSH; a tile past the range is decoded but scaled by zero."""
+        group t >> GSH; a tile past the range is decoded but scaled by zero. PDL: launched with programmatic
+        dependent launch after the prep, the program requests its first tiles' words before it waits for it."""
         pid_n = gl.program_id(0)
         pid_s = gl.program_id(1)
         pid_m = gl.program_id(2)
@@ -330,29 +342,34 @@ if HAVE_GLUON:
         wmask = (ci < BITS * BN)[:, None] & (cu < 4)[None, :]
         rows, ms, mmask, xrow, xmask = _coords(xp_ptr, pid_n, pid_m, M, NT, BN, BM, MMA, XL)
         prow = (rows // 64) * (G * 64) + rows % 64  # tile-major parameter words of the rows (group 0)
-        sm = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, SL2))
-        sj = gl.arange(0, 2, layout=gl.SliceLayout(0, SL2))
-        xsp = xs_ptr + (sm * NT * 2)[:, None] + sj[None, :]  # the (sum, magic * sum) pairs of tile 0
-        xsm = (sm < M)[:, None] & (sj < 2)[None, :]
+        MP = gl.cdiv(M, BM) * BM  # rows of a tile of the sums (padded with zeros)
+        sp = pid_m * (BM // 2) + gl.arange(0, BM // 2, layout=gl.SliceLayout(1, SL4))
+        sj = gl.arange(0, 4, layout=gl.SliceLayout(0, SL4))
+        xsp = xs_ptr + (sp * 4)[:, None] + sj[None, :]  # tile 0's sums of the program's column pairs
+        COL: gl.constexpr = gl.SliceLayout(0, MMA)
         acc = gl.zeros([BN, BM], gl.float32, MMA)
         zero = gl.zeros([BN, BM], gl.float32, MMA)
         t_beg = pid_s * TPS
         t_end = gl.minimum(t_beg + TPS, NT)
         tl_ = t_end - 1
-        for hh in gl.static_range(H - 1):  # prologue: the first H - 1 tiles
+        if PDL:  # the words do not depend on the prep: request the first slots' before waiting for it
+            for hh in gl.static_range(H - 1):
+                _fill(x0, _sel6(v0, v1, v2, v3, v4, v5, hh), xrow, xmask, wsrc, wmask, gl.minimum(t_beg + hh, tl_),
+                      BITS, False, True)  # fmt: skip
+            _gdc_wait()
+        for hh in gl.static_range(H - 1):  # prologue: the first H - 1 slots
             _fill(_sel6(x0, x1, x2, x3, x4, x5, hh), _sel6(v0, v1, v2, v3, v4, v5, hh), xrow, xmask, wsrc, wmask,
-                  gl.minimum(t_beg + hh, tl_), BITS)  # fmt: skip
+                  gl.minimum(t_beg + hh, tl_), BITS, True, not PDL)  # fmt: skip
             commit_group()
         for t in range(t_beg, t_end, H):
             for h in gl.static_range(H):
                 t0 = t + h
-                sc, bi, xs, xo = _params(tp_ptr, xsp, xsm, prow, gl.minimum(t0, tl_), GSH, t0 < t_end,
-                                         gl.SliceLayout(0, MMA))  # fmt: skip
+                sc, bi, xs, xo = _params(tp_ptr, xsp, prow, gl.minimum(t0, tl_), GSH, MP, t0 < t_end, COL)
                 wait_group(H - 2)  # this thread's copies of this tile have landed
                 gl.thread_barrier()  # everyone's have, and every warp is done with the previous tile's slot
                 fence_async_shared()  # after the barrier: a barrier right after the wait (none added by Triton)
                 _fill(_sel6(x0, x1, x2, x3, x4, x5, (h + H - 1) % H), _sel6(v0, v1, v2, v3, v4, v5, (h + H - 1) % H),
-                      xrow, xmask, wsrc, wmask, gl.minimum(t0 + H - 1, tl_), BITS)  # fmt: skip
+                      xrow, xmask, wsrc, wmask, gl.minimum(t0 + H - 1, tl_), BITS, True, True)  # fmt: skip
                 commit_group()
                 a0, a1, a2, a3 = _slot_words(_sel6(v0, v1, v2, v3, v4, v5, h), LW, BN, BITS)
                 aa = _a_tile(a0, a1, a2, a3, magic, magic, magic, A, BN, PLAN, BITS, BF16, False)
@@ -419,13 +436,14 @@ if HAVE_GLUON:
 
 
 def sums_layout(bm: int, num_warps: int):
-    """Distributed layout of the [BM, 2] (sum, magic * sum) pairs of a tile: each thread holds the pairs of
-    the accumulator columns it owns (wgmma: columns 2 * (lane % 4) + {0, 1} + 8 j), the pair innermost (one
-    8-byte load); lanes with the same lane % 4 and all warps hold copies."""
-    regs = [[0, 1], [1, 0]] + [[c, 0] for c in (8, 16, 32) if c < bm]
+    """Distributed layout of a tile's activation sums as [BM/2, 4] (column pair p, then (column 2p, 2p + 1) x
+    (sum, magic * sum), 16 contiguous bytes): each thread holds the pairs of the accumulator columns it owns
+    (wgmma: columns 2 * (lane % 4) + {0, 1} + 8 j) in one 16-byte load; lanes with the same lane % 4 and all
+    warps hold copies."""
+    regs = [[0, 1], [0, 2]] + [[c // 2, 0] for c in (8, 16, 32) if c < bm]
     return gl.DistributedLinearLayout(
-        reg_bases=regs, lane_bases=[[2, 0], [4, 0], [0, 0], [0, 0], [0, 0]],
-        warp_bases=[[0, 0]] * (num_warps.bit_length() - 1), block_bases=[], shape=[bm, 2])  # fmt: skip
+        reg_bases=regs, lane_bases=[[1, 0], [2, 0], [0, 0], [0, 0], [0, 0]],
+        warp_bases=[[0, 0]] * (num_warps.bit_length() - 1), block_bases=[], shape=[bm // 2, 4])  # fmt: skip
 
 
 def row_bases(bn: int, num_warps: int) -> tuple[tuple[int, int], ...]:
@@ -439,14 +457,17 @@ def row_bases(bn: int, num_warps: int) -> tuple[tuple[int, int], ...]:
 
 
 def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4, stages: int = 3,
-           fold: Optional[bool] = None, maxnreg: int = 0, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+           fold: Optional[bool] = None, maxnreg: int = 0, out: Optional[torch.Tensor] = None,
+           pdl: bool = True) -> torch.Tensor:  # fmt: skip
     """y = x2 @ W^T through the wgmma kernel (the caller checked :func:`supports`). ``fold`` (default:
     bm >= 32): the decode makes the weights ``code * s + b`` in fp16/bf16 (one rounding a weight, like a
     dequantized model) and wgmma accumulates over all of K, instead of raw codes scaled in fp32 per tile
     (measured on an H200 at M=64: 120 -> 88 us; max relative error 3.1e-4 vs 2.1e-4); ``stages``: the raw
     kernel's slots H (2-6: tiles copied H - 1 ahead), the folded kernel's activation ring depth; ``maxnreg``:
-    register cap per thread (0: ptxas decides). Split-K partials are added by the last program of each row
-    block (no extra launch), or at large M (big partial tiles) by a reduction kernel."""
+    register cap per thread (0: ptxas decides); ``pdl``: the raw kernel starts by programmatic dependent launch
+    while the activation prep runs and requests its first words before it waits for the prep (H100: 0.5-1 us
+    of 47-60). Split-K partials are added by the last program of each row block (no extra launch), or at large
+    M (big partial tiles) by a reduction kernel."""
     m, k = x2.shape
     n = w.out_features
     ku = lut_layout.num_units(k)
@@ -469,7 +490,8 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
     grid = (n // bn, split, triton.cdiv(m, bm))
     ws = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x2.device)
     cnt = out if split == 1 else _counters(x2.device, grid[0] * grid[2])
-    xp, xs = prep_activations(x2, w.bits, raw=not fold)
+    pdl = pdl and not fold
+    xp, xs = prep_activations(x2, w.bits, raw=not fold, rows=grid[2] * bm, pdl=pdl)
     bf16 = x2.dtype == torch.bfloat16
     gsh = 31 if w.groups == 1 else (w.group_size // TILE_K).bit_length() - 1
     mode = 0 if split == 1 else (2 if fold else 1)  # fused split-K reduction, except for the large folded tiles
@@ -482,7 +504,8 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
     if fold:
         kern = _fold_kernel[grid](xp, *args, RB=row_bases(bn, num_warps), STAGES=max(2, stages), **meta)
     else:
-        kern = _raw_kernel[grid](xp, xs, *args, H=halves, SL2=sums_layout(bm, num_warps), **meta)
+        kern = _raw_kernel[grid](xp, xs, *args, H=halves, SL4=sums_layout(bm, num_warps), PDL=pdl,
+                                 **meta, **({"launch_pdl": True} if pdl else {}))  # fmt: skip
     if mode % 4 == 2:
         _reduce_kernel[(triton.cdiv(m * n, 1024),)](ws, out, m * n, split, BLOCK=1024)
     LAST["kernel"] = kern

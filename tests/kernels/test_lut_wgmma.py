@@ -66,10 +66,10 @@ def _away_from_zero(m, k, dtype):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_prep_activations_match_torch(dtype, raw):
     """xp = x in the k' order of every tile (times 2^-f per column when raw); xs = (tile sum of x, magic *
-    tile sum of xp) in fp32."""
+    tile sum of xp) in fp32, tile-major [NT, rows, 2], zero in the padding rows."""
     m, k, bits = 3, 384, 3
     x = _away_from_zero(m, k, dtype)
-    xp, xs = WP.prep_activations(x, bits, raw=raw)
+    xp, xs = WP.prep_activations(x, bits, raw=raw, rows=8)
     perm = torch.tensor(WP.tile_perm(bits))
     want = torch.cat([x[:, 128 * t : 128 * (t + 1)][:, perm] for t in range(k // 128)], 1).double()
     if raw:
@@ -77,9 +77,12 @@ def test_prep_activations_match_torch(dtype, raw):
         want = want * (2.0**-shift).repeat(k // 128)
     assert torch.equal(xp.double(), want)
     if raw:
-        torch.testing.assert_close(xs[..., 0], x.float().view(m, -1, 128).sum(-1), rtol=1e-5, atol=1e-5)
+        assert xs.shape == (k // 128, 8, 2) and not xs[:, m:].any()
+        sums = xs[:, :m].transpose(0, 1)  # [m, NT, 2]
+        torch.testing.assert_close(sums[..., 0], x.float().view(m, -1, 128).sum(-1), rtol=1e-5, atol=1e-5)
         magic = WP.MAGIC[dtype]
-        torch.testing.assert_close(xs[..., 1], magic * want.float().view(m, -1, 128).sum(-1), rtol=1e-5, atol=1e-3)
+        torch.testing.assert_close(sums[..., 1], magic * want.float().view(m, -1, 128).sum(-1), rtol=1e-5,
+                                   atol=1e-3)  # fmt: skip
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -107,7 +110,7 @@ def test_raw_decode_and_epilogue_give_the_product(bits, dtype):
         s, b = w.scales[:, t].double(), w.biases[:, t].double()
         xsum = x[:, 128 * t : 128 * (t + 1)].double().sum(1, keepdim=True)
         y += s * (d - WP.MAGIC[dtype] * xt.sum(1, keepdim=True)) + b * xsum
-        y32 += s * (d - xs[:, t, 1, None].double()) + b * xs[:, t, 0, None].double()
+        y32 += s * (d - xs[t, :, 1, None].double()) + b * xs[t, :, 0, None].double()
     ref = lut_matmul_f64(x, w)
     assert ((y - ref).norm() / ref.norm()).item() < 1e-12
     # the magic term cancels in fp32 (|magic * sum(xp)| >> |codes . x|): well inside the kernel's 1e-3 bound
