@@ -41,7 +41,7 @@ def check(dev):
                 bm = min(64, max(8, 1 << (m - 1).bit_length()))
                 variants = [(64, 4, False, 3, 0, False), (64, 4, False, 6, 0, True),
                             (128, 8, False, 4, 0, False), (bn, 4, True, 3, 0, False),
-                            (64, 4, False, 4, 0, True), (128, 8, False, 3, 0, True)]  # fmt: skip
+                            (64, 4, False, 4, 96, True), (128, 8, False, 3, 0, True)]  # fmt: skip
                 for vbn, nw, fold, stg, reg, pdl in variants:
                     try:
                         out = torch.full((m, n), float("nan"), device=dev, dtype=dt)

@@ -582,18 +582,22 @@ def candidates(m: int, n: int, k: int, w: LutWeight, device, wgmma: bool = True,
     if wgmma and lut_wgmma.supports(w, m, n, k, device, dtype):
         # Hopper tensor cores fed from registers (lut_wgmma.py): the best at every M and shape measured on an
         # H200 and an H100 (docs/bench/lut_kernels.md), so the other paths are not timed. The split-K factor
-        # matters most (a program count just under what fits on the GPU at once: 4-6 programs per SM), so
-        # several are timed; ``num_stages`` is the raw kernel's slot count (tiles in flight + 1)
+        # matters most (a program count just under what fits on the GPU at once: 4-7 programs per SM, set by
+        # the registers: 72 at M=1 with 3 slots, 96 at M=16 with the cap), so several are timed; ``num_stages``
+        # is the raw kernel's slot count (tiles in flight + 1). Each entry: shape, and the "waves" (programs
+        # per SM) that suit it.
         bm = min(64, max(8, 1 << (m - 1).bit_length()))
         if bm >= 32:  # folded scales (M=64 on an H200: 128 rows / 8 warps / split 4 best)
-            shapes, waves = ((128, 8, 3, 0), (64, 4, 3, 0)), (4.0, 2.0, 6.0)
+            shapes = (((128, 8, 3, 0), (4.0, 2.0, 6.0)), ((64, 4, 3, 0), (4.0, 2.0, 6.0)))
         else:
-            shapes = ((64, 4, 3, 0), (64, 4, 4, 0), (128, 8, 3, 0))
-            waves = (6.0, 4.0, 3.0, 9.0)
-        for bn, nw, st, reg in shapes:
+            shapes = (((64, 4, 3, 0), (7.0, 6.0, 4.0, 3.0)), ((64, 4, 4, 0), (6.0, 4.0, 3.0)),
+                      ((128, 8, 3, 0), (3.0, 2.0)))  # fmt: skip
+            if bm >= 16:  # 96 registers: 5 programs per SM (H100, 4-bit 8192x28672: 57.9 -> 57.0 us)
+                shapes = (((64, 4, 3, 96), (5.0, 4.0)),) + shapes
+        for (bn, nw, st, reg), waves in shapes:
             blocks = n // bn * -(-m // bm)
-            for wv in waves:
-                out.append(Config("wgmma", bm, bn, 4, _split_for(blocks, ku // 4, 1, sms, wv), nw, st, reg))
+            for wv in dict.fromkeys(_split_for(blocks, ku // 4, 1, sms, wv) for wv in waves):
+                out.append(Config("wgmma", bm, bn, 4, wv, nw, st, reg))
         if os.environ.get("MEMTOOL_LUT_ALL_PATHS", "0") != "1":
             return out
     if w.kind == "affine" and m <= 8:

@@ -30,13 +30,14 @@ mantissa, so one shift serves several pairs (~0.6 instructions per weight). Each
 At M >= 32 the scale is folded into the decode instead (two packed FMAs per pair: ``code * s + b`` in
 fp16/bf16) and wgmma accumulates over all of K.
 
-Memory: each tile's words (BITS x 1 KiB) and activations stream into shared memory by cp.async, two or
-more tiles ahead, in a ring of separately allocated slots over which the loop is unrolled (Triton's barrier
-analysis cannot tell the stages of one allocation apart and would add barriers); the group scales and
-biases are read from a tile-major copy (:func:`tile_params`, 256 contiguous bytes per tile instead of one
-32-byte sector per 2-byte value). Split-K partials are added by the last program of each row block.
-Measured (docs/bench/lut_kernels.md, 3-bit, 8192x28672, H200): 3.0x / 2.2x / 1.5x cuBLAS fp16 at
-M = 1 / 16 / 64.
+Memory: each tile's words (BITS x 1 KiB), activations, group parameters and activation sums stream into
+shared memory by cp.async, two or more tiles ahead, in a ring of separately allocated slots over which the
+loop is unrolled (Triton's barrier analysis cannot tell the stages of one allocation apart and would add
+barriers). The group scales and biases come from a tile-major copy (:func:`tile_params`, 256 contiguous
+bytes per tile), the sums tile-major from the prep. The kernel is launched with programmatic dependent
+launch and requests its first words while the prep still runs. Split-K partials are added by the last
+program of each row block. Measured (docs/bench/lut_kernels.md, 8192x28672, H100, session 5): 3-bit 3.8x /
+3.5x cuBLAS fp16 at M = 1 / 16, 4-bit 3.2x / 3.0x.
 
 Only on a CUDA device of compute capability 9.x with a Triton that has Gluon; the dispatcher
 (:mod:`memtool.kernels.lut_triton`) offers it as path ``"wgmma"`` when :func:`supports` says yes. The
@@ -188,25 +189,6 @@ if HAVE_GLUON:
         return w0, w1, w2, w3
 
     @gluon.jit
-    def _params(tp_ptr, xsp, prow, t, GSH, MP, valid, COL: gl.constexpr):
-        """Tile t's group scale and bias of the rows, fp32 (zero for a tile past the range), from the tile-major
-        parameter words (:func:`tile_params`: a row block's 64 (s, b) pairs of a group are 256 contiguous
-        bytes), and the tile's two activation sums (sum of x, magic * sum of the prepped x) per column: the four
-        of a column pair in one 16-byte load from xsp ([BM/2, 4] pointers into tile 0 of the tile-major sums,
-        MP rows a tile, zero-padded), then split into the accumulator's column layout COL (no data movement)."""
-        pv = gl.load(tp_ptr + prow + (t >> GSH) * 64)
-        sc, bi = gl.inline_asm_elementwise(
-            "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=r,=r,r", [pv],
-            dtype=(gl.float32, gl.float32), is_pure=True, pack=1)  # fmt: skip
-        sc = gl.where(valid, sc, 0.0)
-        bi = gl.where(valid, bi, 0.0)
-        v = gl.load(xsp + t * (MP * 2))  # [BM/2, 4]: (m even, m odd) x (sum, magic * sum)
-        xs, xo = gl.split(gl.reshape(v, [v.shape[0], 2, 2]))
-        xs = gl.reshape(xs, [2 * v.shape[0]])
-        xo = gl.reshape(xo, [2 * v.shape[0]])
-        return sc, bi, gl.convert_layout(xs, COL, assert_trivial=True), gl.convert_layout(xo, COL, assert_trivial=True)
-
-    @gluon.jit
     def _scale(acc, d, sc, bi, xs, xo):
         """acc += s * (codes . x) + b * sum(x), where d = (magic + codes * 2^f) . (x * 2^-f) = xo + codes . x."""
         return acc + sc[:, None] * (d - xo[None, :]) + bi[:, None] * xs[None, :]
@@ -260,6 +242,52 @@ if HAVE_GLUON:
             async_copy_global_to_shared(xb, xrow + tile * 128, mask=xmask)
         if W:
             async_copy_global_to_shared(wb, wsrc + tile * (BITS * 256), mask=wmask)
+
+    @gluon.jit
+    def _side_sources(tp_ptr, xs_ptr, pid_n, pid_m, G, BN: gl.constexpr, BM: gl.constexpr, NW: gl.constexpr,
+                      CL: gl.constexpr):  # fmt: skip
+        """A tile's group parameters (BN ``s | b << 16`` words, :func:`tile_params`) and activation sums (BM
+        columns x (sum, magic * sum) fp32, tile-major) come by cp.async with its words, into a [32 * NW, 4] int32
+        side buffer of the slot, one 16-byte row per thread: rows 0..BN/4-1 the parameters (4 rows of one row
+        block a chunk), BM/2 rows from max(BN/4, BM/2) on the sums, the rest masked. Returns the per-thread sources of tile 0
+        (group 0), the mask and the column index."""
+        r = gl.arange(0, 32 * NW, layout=gl.SliceLayout(1, CL))
+        c = gl.arange(0, 4, layout=gl.SliceLayout(0, CL))
+        NP: gl.constexpr = BN // 4
+        SO: gl.constexpr = max(NP, BM // 2)  # the sums' first row (a shared-memory slice starts at a multiple
+        q = r * 4  # of its length)
+        pbase = tp_ptr + (pid_n * (BN // 64) + q // 64) * (G * 64) + q % 64
+        sbase = xs_ptr.to(gl.pointer_type(gl.int32), bitcast=True) + pid_m * (BM * 2) + (r - SO) * 4
+        used = (r < NP) | ((r >= SO) & (r < SO + BM // 2))
+        return r < NP, pbase, sbase, used[:, None] & (c < 4)[None, :], c
+
+    @gluon.jit
+    def _fill_side(sb, isp, pbase, sbase, smask, c, tile, GSH, MP):
+        """cp.async tile ``tile``'s parameters and sums into a side buffer (no commit)."""
+        src = gl.where(isp, pbase + (tile >> GSH) * 64, sbase + tile * (MP * 2))
+        async_copy_global_to_shared(sb, src[:, None] + c[None, :], mask=smask)
+
+    @gluon.jit
+    def _side_params(sb, valid, BN: gl.constexpr, BM: gl.constexpr, MMA: gl.constexpr, SL4: gl.constexpr,
+                     WSL: gl.constexpr):  # fmt: skip
+        """A tile's group scale and bias of the rows (fp32, zero for a tile past the range) and its two sums per
+        column (16 bytes a column pair), from the slot's side buffer, in the accumulator's row / column layouts
+        (no data movement). Read from shared memory after the wgmma is issued, they hold no registers across
+        the tile (M=1: 80 -> 72 registers; M=16: 96 without spills)."""
+        NP: gl.constexpr = BN // 4
+        L1: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0])
+        pv = sb.slice(0, NP)._reinterpret(gl.int32, [BN], L1).load(gl.SliceLayout(1, MMA))
+        sc, bi = gl.inline_asm_elementwise(
+            "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=r,=r,r", [pv],
+            dtype=(gl.float32, gl.float32), is_pure=True, pack=1)  # fmt: skip
+        sc = gl.where(valid, sc, 0.0)
+        bi = gl.where(valid, bi, 0.0)
+        v = sb.slice(max(NP, BM // 2), BM // 2)._reinterpret(gl.float32, [BM // 2, 4], WSL).load(SL4)
+        xs, xo = gl.split(gl.reshape(v, [BM // 2, 2, 2]))
+        COL: gl.constexpr = gl.SliceLayout(0, MMA)
+        xs = gl.convert_layout(gl.reshape(xs, [BM]), COL, assert_trivial=True)
+        xo = gl.convert_layout(gl.reshape(xo, [BM]), COL, assert_trivial=True)
+        return sc, bi, xs, xo
 
     @gluon.jit
     def _slot_words(wb, LW: gl.constexpr, BN: gl.constexpr, BITS: gl.constexpr):
@@ -333,6 +361,13 @@ if HAVE_GLUON:
         v3 = gl.allocate_shared_memory(gl.int32, [4 * BN, 4], WSL)
         v4 = gl.allocate_shared_memory(gl.int32, [4 * BN, 4], WSL)
         v5 = gl.allocate_shared_memory(gl.int32, [4 * BN, 4], WSL)
+        s0 = gl.allocate_shared_memory(gl.int32, [32 * NW, 4], WSL)
+        s1 = gl.allocate_shared_memory(gl.int32, [32 * NW, 4], WSL)
+        s2 = gl.allocate_shared_memory(gl.int32, [32 * NW, 4], WSL)
+        s3 = gl.allocate_shared_memory(gl.int32, [32 * NW, 4], WSL)
+        s4 = gl.allocate_shared_memory(gl.int32, [32 * NW, 4], WSL)
+        s5 = gl.allocate_shared_memory(gl.int32, [32 * NW, 4], WSL)
+        isp, pbase, sbase, smask, sc4 = _side_sources(tp_ptr, xs_ptr, pid_n, pid_m, G, BN, BM, NW, CL)
         # word sources of one tile, slot row i = plane * BN + row (tile layout: 64-row blocks of 4 units a plane)
         ci = gl.arange(0, 4 * BN, layout=gl.SliceLayout(1, CL))
         cu = gl.arange(0, 4, layout=gl.SliceLayout(0, CL))
@@ -341,12 +376,7 @@ if HAVE_GLUON:
         wsrc = q_ptr + (pid_n * BN).to(gl.int64) * (BITS * KU) + woff[:, None] + cu[None, :]
         wmask = (ci < BITS * BN)[:, None] & (cu < 4)[None, :]
         rows, ms, mmask, xrow, xmask = _coords(xp_ptr, pid_n, pid_m, M, NT, BN, BM, MMA, XL)
-        prow = (rows // 64) * (G * 64) + rows % 64  # tile-major parameter words of the rows (group 0)
         MP = gl.cdiv(M, BM) * BM  # rows of a tile of the sums (padded with zeros)
-        sp = pid_m * (BM // 2) + gl.arange(0, BM // 2, layout=gl.SliceLayout(1, SL4))
-        sj = gl.arange(0, 4, layout=gl.SliceLayout(0, SL4))
-        xsp = xs_ptr + (sp * 4)[:, None] + sj[None, :]  # tile 0's sums of the program's column pairs
-        COL: gl.constexpr = gl.SliceLayout(0, MMA)
         acc = gl.zeros([BN, BM], gl.float32, MMA)
         zero = gl.zeros([BN, BM], gl.float32, MMA)
         t_beg = pid_s * TPS
@@ -360,21 +390,25 @@ if HAVE_GLUON:
         for hh in gl.static_range(H - 1):  # prologue: the first H - 1 slots
             _fill(_sel6(x0, x1, x2, x3, x4, x5, hh), _sel6(v0, v1, v2, v3, v4, v5, hh), xrow, xmask, wsrc, wmask,
                   gl.minimum(t_beg + hh, tl_), BITS, True, not PDL)  # fmt: skip
+            _fill_side(_sel6(s0, s1, s2, s3, s4, s5, hh), isp, pbase, sbase, smask, sc4, gl.minimum(t_beg + hh, tl_),
+                       GSH, MP)  # fmt: skip
             commit_group()
         for t in range(t_beg, t_end, H):
             for h in gl.static_range(H):
                 t0 = t + h
-                sc, bi, xs, xo = _params(tp_ptr, xsp, prow, gl.minimum(t0, tl_), GSH, MP, t0 < t_end, COL)
                 wait_group(H - 2)  # this thread's copies of this tile have landed
                 gl.thread_barrier()  # everyone's have, and every warp is done with the previous tile's slot
                 fence_async_shared()  # after the barrier: a barrier right after the wait (none added by Triton)
                 _fill(_sel6(x0, x1, x2, x3, x4, x5, (h + H - 1) % H), _sel6(v0, v1, v2, v3, v4, v5, (h + H - 1) % H),
                       xrow, xmask, wsrc, wmask, gl.minimum(t0 + H - 1, tl_), BITS, True, True)  # fmt: skip
+                _fill_side(_sel6(s0, s1, s2, s3, s4, s5, (h + H - 1) % H), isp, pbase, sbase, smask, sc4,
+                           gl.minimum(t0 + H - 1, tl_), GSH, MP)  # fmt: skip
                 commit_group()
                 a0, a1, a2, a3 = _slot_words(_sel6(v0, v1, v2, v3, v4, v5, h), LW, BN, BITS)
                 aa = _a_tile(a0, a1, a2, a3, magic, magic, magic, A, BN, PLAN, BITS, BF16, False)
                 d = warpgroup_mma(aa, _sel6(x0, x1, x2, x3, x4, x5, h).permute((1, 0)), zero, use_acc=False,
                                   is_async=True)  # fmt: skip
+                sc, bi, xs, xo = _side_params(_sel6(s0, s1, s2, s3, s4, s5, h), t0 < t_end, BN, BM, MMA, SL4, WSL)
                 d = warpgroup_mma_wait(0, deps=[d])
                 acc = _scale(acc, d, sc, bi, xs, xo)
         wait_group(0)
