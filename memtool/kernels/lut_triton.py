@@ -589,11 +589,12 @@ def candidates(m: int, n: int, k: int, w: LutWeight, device, wgmma: bool = True,
         bm = min(64, max(8, 1 << (m - 1).bit_length()))
         if bm >= 32:  # folded scales (M=64 on an H200: 128 rows / 8 warps / split 4 best)
             shapes = (((128, 8, 3, 0), (4.0, 2.0, 6.0)), ((64, 4, 3, 0), (4.0, 2.0, 6.0)))
+        elif bm >= 16:  # a 96-register cap: 5 programs per SM (H100, 4-bit 8192x28672: 57.9 -> 57.0 us)
+            shapes = (((64, 4, 3, 96), (5.0, 4.0)), ((64, 4, 4, 0), (4.0, 6.0, 3.0)), ((64, 4, 3, 0), (4.0, 3.0)),
+                      ((128, 8, 3, 0), (2.0, 3.0)))  # fmt: skip
         else:
             shapes = (((64, 4, 3, 0), (7.0, 6.0, 4.0, 3.0)), ((64, 4, 4, 0), (6.0, 4.0, 3.0)),
                       ((128, 8, 3, 0), (3.0, 2.0)))  # fmt: skip
-            if bm >= 16:  # 96 registers: 5 programs per SM (H100, 4-bit 8192x28672: 57.9 -> 57.0 us)
-                shapes = (((64, 4, 3, 96), (5.0, 4.0)),) + shapes
         for (bn, nw, st, reg), waves in shapes:
             blocks = n // bn * -(-m // bm)
             for wv in dict.fromkeys(_split_for(blocks, ku // 4, 1, sms, wv) for wv in waves):
@@ -736,15 +737,18 @@ def _pick(x2: torch.Tensor, w: LutWeight, cands: list[Config]) -> Optional[Confi
                 continue
             return c
         return None
-    best = None
+    times = []
     for c in cands:
         try:
-            t = _time(lambda: launch(x2, w, c))
+            times.append((_time(lambda: launch(x2, w, c)), c))
         except Exception:  # noqa: BLE001  (a config that does not compile / fit is skipped)
             continue
-        if best is None or t < best[0]:
-            best = (t, c)
-    return best[1] if best else None
+    if not times:
+        return None
+    # the earliest candidate within 2% of the fastest: candidates come in the order measured best in the
+    # benchmarks (rotated weights), and the tuner's own timing (one weight, partly in L2) is that noisy
+    fastest = min(t for t, _ in times)
+    return next(c for t, c in times if t <= fastest * 1.02)
 
 
 def choose(x2: torch.Tensor, w: LutWeight) -> Config:
