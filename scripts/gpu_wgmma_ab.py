@@ -1,0 +1,129 @@
+"""A/B timing of wgmma-kernel variants side by side in one process (GPU).
+
+    export PYTHONPATH=$PWD; python scripts/gpu_wgmma_ab.py [--shapes 8192x28672] [--ms 1,16] [--bits 3,4]
+        [--v1 SPEC,...] [--v16 SPEC,...] [--prep TB/WARPS,...] [--out DIR]
+
+A variant SPEC is ``bm/bn/warps/stages/split/pdl/maxnreg/fold/module`` (``--v1`` for M <= 8, ``--v16`` above);
+``module`` names a module under ``memtool.kernels`` with lut_wgmma's ``launch``. To compare with an earlier
+revision, copy it next to the current one (``git show REV:memtool/kernels/lut_wgmma.py >
+memtool/kernels/_ab_old.py``, with its plan module if that changed too) and name ``_ab_old`` in a spec (modules
+whose name starts with ``_ab`` get no ``pdl``/``fold`` arguments: older launch signatures). Each variant is
+checked against float64, then timed in a CUDA graph over rotated weight copies (> 3x L2), with cuBLAS fp16 in the
+same run. ``--prep``: time the activation prep alone with other programs/warps (TB tiles a program).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import os
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from memtool.kernels import LutWeight  # noqa: E402
+from memtool.kernels.lut_ref import lut_matmul_f64  # noqa: E402
+from scripts.gpu_lut_bench import cublas_fp16_us, graph_time_us, n_copies, rand_weight  # noqa: E402
+
+DEFAULT = {  # the tuner's first choices on 8192x28672 (H100, session 5)
+    1: "8/64/4/3/7/1/0/0/lut_wgmma,8/64/4/3/6/1/0/0/lut_wgmma",
+    16: "16/64/4/3/5/1/96/0/lut_wgmma,16/64/4/4/4/1/0/0/lut_wgmma",
+}
+
+
+def variants(spec):
+    """Comma-separated specs -> (label, module, launch kwargs)."""
+    out = []
+    for v in spec.split(","):
+        bm, bn, nw, st, sp, pdl, reg, fold, mod = v.split("/")
+        kw = dict(bm=int(bm), bn=int(bn), num_warps=int(nw), stages=int(st), split=int(sp), maxnreg=int(reg))
+        if not mod.startswith("_ab"):
+            kw.update(pdl=pdl == "1", fold=fold == "1" or None)
+        out.append((v, mod, kw))
+    return out
+
+
+def time_prep(x, bits, specs):
+    """The activation prep alone, with TB tiles and WARPS warps a program."""
+    from memtool.kernels import lut_wgmma_plan as WP
+
+    m, k = x.shape
+    nt = k // 128
+    for pv in filter(None, specs.split(",")):
+        tb, pw = (int(u) for u in pv.split("/"))
+        xp = torch.empty(m, nt * 128, dtype=x.dtype, device=x.device)
+        xs = torch.empty(nt, 16 * -(-m // 16), 2, dtype=torch.float32, device=x.device)
+        scl = torch.ones(128, device=x.device)
+
+        def fn(tb=tb, pw=pw, xp=xp, xs=xs, scl=scl):
+            WP._prep_kernel[(-(-nt // tb), xs.shape[1])](x, scl, xp, xs, m, k, nt, xs.shape[1], x.stride(0), 1024.0,
+                                                         TB=tb, RAW=True, PDL=False, num_warps=pw)  # fmt: skip
+
+        print(f"  q{bits} prep TB={tb} warps={pw}: {graph_time_us([fn] * 8):.2f} us", flush=True)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", default="8192x28672")
+    ap.add_argument("--ms", default="1,16")
+    ap.add_argument("--bits", default="3,4")
+    ap.add_argument("--budget", type=float, default=400)
+    ap.add_argument("--v1", default=DEFAULT[1], help="variants at M <= 8")
+    ap.add_argument("--v16", default=DEFAULT[16], help="variants at M > 8")
+    ap.add_argument("--prep", default="", help="prep TB/warps to time, e.g. 4/1,4/4")
+    ap.add_argument("--out", default=os.environ.get("OUT", "."))
+    a = ap.parse_args()
+    t0 = time.time()
+    props = torch.cuda.get_device_properties(0)
+    l2 = props.L2_cache_size
+    print(f"device {props.name}", flush=True)
+    dev = torch.device("cuda")
+    z = torch.zeros(1, device=dev)
+    print(f"an almost empty kernel in a graph: {graph_time_us([lambda: z.add_(1)] * 8):.2f} us", flush=True)
+    WG = importlib.import_module("memtool.kernels.lut_wgmma")
+    rows = []
+    for sh in a.shapes.split(","):
+        n, k = (int(v) for v in sh.split("x"))
+        for m in (int(v) for v in a.ms.split(",")):
+            x = torch.randn(m, k, device=dev, dtype=torch.float16)
+            t16 = cublas_fp16_us(x, n, k, l2)
+            print(f"{n}x{k} m={m} cuBLAS fp16 {t16:.1f} us", flush=True)
+            for bits in (int(v) for v in a.bits.split(",")):
+                w = rand_weight("affine", bits, n, k, 128, dev, seed=bits)
+                ref = lut_matmul_f64(x, w)
+                cps = [w] + [LutWeight(**{**w.meta(), **{kk: t.clone() for kk, t in w.state_dict().items()}})
+                             for _ in range(n_copies(w.nbytes(), l2) - 1)]  # fmt: skip
+                tp = graph_time_us([lambda: WG.prep_activations(x, bits)] * 8)
+                print(f"  q{bits} prep alone {tp:.2f} us", flush=True)
+                time_prep(x, bits, a.prep)
+                for label, mod, kw in variants(a.v1 if m <= 8 else a.v16):
+                    if time.time() - t0 > a.budget:
+                        print("budget spent", flush=True)
+                        break
+                    mk = importlib.import_module(f"memtool.kernels.{mod}")
+                    kw = dict(kw)
+                    bm, bn, split, nw = kw.pop("bm"), kw.pop("bn"), kw.pop("split"), kw.pop("num_warps")
+                    try:
+                        y = mk.launch(x, w, bm, bn, split, nw, **kw)
+                        err = ((y.double() - ref).norm() / ref.norm()).item()
+                        t = graph_time_us([lambda W=W: mk.launch(x, W, bm, bn, split, nw, **kw) for W in cps])
+                    except Exception as e:  # noqa: BLE001
+                        print(f"  q{bits} {label}: FAIL {e!r}"[:300], flush=True)
+                        continue
+                    nreg = getattr(mk.LAST.get("kernel"), "n_regs", None)
+                    print(f"  q{bits} {label:32s} {t:6.1f} us {t16 / t:.2f}x regs={nreg} err={err:.1e}", flush=True)
+                    rows.append(dict(n=n, k=k, m=m, bits=bits, label=label, us=t, fp16_us=t16, speedup=t16 / t,
+                                     err=err, regs=nreg, prep_us=tp))  # fmt: skip
+                del cps
+                torch.cuda.empty_cache()
+    os.makedirs(a.out, exist_ok=True)
+    with open(os.path.join(a.out, "ab.json"), "w") as f:
+        json.dump({"device": props.name, "rows": rows}, f, indent=1)
+    print(f"done in {time.time() - t0:.0f}s")
+
+
+if __name__ == "__main__":
+    main()
