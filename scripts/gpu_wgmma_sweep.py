@@ -52,8 +52,8 @@ def check(dev):
                         traceback.print_exc()
                         err, ok = float("nan"), False
                     bad += not ok
-                    print(f"check m={m} n={n} k={k} g={g} q{bits} {str(dt)[6:]} bn={vbn} nw={nw} fold={fold} st={stg} reg={reg} "
-                          f"pdl={int(pdl)} split={split}: {'ok' if ok else 'FAIL'} {err:.1e}", flush=True)  # fmt: skip
+                    print(f"check m={m} n={n} k={k} g={g} q{bits} {str(dt)[6:]} bn={vbn} nw={nw} fold={fold} st={stg} "
+                          f"reg={reg} pdl={int(pdl)} split={split}: {'ok' if ok else 'FAIL'} {err:.1e}", flush=True)  # fmt: skip
     return bad
 
 

@@ -249,8 +249,8 @@ if HAVE_GLUON:
         """A tile's group parameters (BN ``s | b << 16`` words, :func:`tile_params`) and activation sums (BM
         columns x (sum, magic * sum) fp32, tile-major) come by cp.async with its words, into a [32 * NW, 4] int32
         side buffer of the slot, one 16-byte row per thread: rows 0..BN/4-1 the parameters (4 rows of one row
-        block a chunk), BM/2 rows from max(BN/4, BM/2) on the sums, the rest masked. Returns the per-thread sources of tile 0
-        (group 0), the mask and the column index."""
+        block a chunk), BM/2 rows from max(BN/4, BM/2) on the sums, the rest masked. Returns the per-thread
+        sources of tile 0 (group 0), the mask and the column index."""
         r = gl.arange(0, 32 * NW, layout=gl.SliceLayout(1, CL))
         c = gl.arange(0, 4, layout=gl.SliceLayout(0, CL))
         NP: gl.constexpr = BN // 4
@@ -524,7 +524,7 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
     grid = (n // bn, split, triton.cdiv(m, bm))
     ws = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x2.device)
     cnt = out if split == 1 else _counters(x2.device, grid[0] * grid[2])
-    pdl = pdl and not fold
+    pdl = pdl and not fold and x2.device.index not in _NO_PDL
     xp, xs = prep_activations(x2, w.bits, raw=not fold, rows=grid[2] * bm, pdl=pdl)
     bf16 = x2.dtype == torch.bfloat16
     gsh = 31 if w.groups == 1 else (w.group_size // TILE_K).bit_length() - 1
@@ -538,8 +538,14 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
     if fold:
         kern = _fold_kernel[grid](xp, *args, RB=row_bases(bn, num_warps), STAGES=max(2, stages), **meta)
     else:
-        kern = _raw_kernel[grid](xp, xs, *args, H=halves, SL4=sums_layout(bm, num_warps), PDL=pdl,
-                                 **meta, **({"launch_pdl": True} if pdl else {}))  # fmt: skip
+        raw = dict(H=halves, SL4=sums_layout(bm, num_warps), **meta)
+        try:
+            kern = _raw_kernel[grid](xp, xs, *args, PDL=pdl, **raw, **({"launch_pdl": True} if pdl else {}))
+        except RuntimeError:  # a driver that cannot launch it programmatically: plain stream order from now on
+            if not pdl:
+                raise
+            kern = _raw_kernel[grid](xp, xs, *args, PDL=False, **raw)  # (raises again if that was not the cause)
+            _NO_PDL.add(x2.device.index)
     if mode % 4 == 2:
         _reduce_kernel[(triton.cdiv(m * n, 1024),)](ws, out, m * n, split, BLOCK=1024)
     LAST["kernel"] = kern
@@ -547,3 +553,4 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
 
 
 LAST: dict = {}  # the last compiled kernel launched (scripts read its register count)
+_NO_PDL: set = set()  # devices where a programmatic dependent launch failed

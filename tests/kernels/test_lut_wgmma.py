@@ -204,3 +204,30 @@ def test_launch_refuses_warps_that_cannot_cover_the_rows():
     for bn, nw in ((128, 2), (256, 4), (64, 8), (128, 4)):
         with pytest.raises(ValueError, match="warps|rows a warp"):
             WG.launch(x, w, 8, bn, 1, nw)
+
+
+def test_launch_falls_back_to_stream_order_where_programmatic_launch_fails(monkeypatch):
+    """A driver that rejects the programmatic dependent launch: the kernel is launched again without it (the
+    variant that does not wait on the grid dependency), and later launches on that device skip it."""
+    from .helpers import rand_weight
+
+    calls = []
+
+    class FakeKernel:
+        def __getitem__(self, grid):
+            def run(*args, **kw):
+                calls.append((kw["PDL"], kw.get("launch_pdl", False)))
+                if kw.get("launch_pdl"):
+                    raise RuntimeError("programmatic launch not supported")
+                return "compiled"
+
+            return run
+
+    monkeypatch.setattr(WG, "_raw_kernel", FakeKernel(), raising=False)
+    monkeypatch.setattr(WG, "_NO_PDL", set())
+    w = rand_weight("affine", 3, 64, 256, 128)
+    x = torch.randn(1, 256, dtype=torch.float16)
+    WG.launch(x, w, 8, 64, 1, 4)
+    assert calls == [(True, True), (False, False)] and WG._NO_PDL == {x.device.index}
+    WG.launch(x, w, 8, 64, 1, 4)
+    assert calls[2:] == [(False, False)]
