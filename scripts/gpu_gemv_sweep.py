@@ -19,10 +19,9 @@ import torch
 
 sys.path.insert(0, os.getcwd())
 
-from memtool.kernels import LutWeight  # noqa: E402
 from memtool.kernels import lut_gemv as LG  # noqa: E402
 from memtool.kernels.lut_ref import lut_matmul_f64  # noqa: E402
-from scripts.gpu_lut_bench import cublas_fp16_us, graph_time_us, n_copies, rand_weight  # noqa: E402
+from scripts.gpu_lut_bench import cublas_fp16_us, graph_time_us, rand_weight, rotated_copies  # noqa: E402
 
 
 def main():
@@ -55,8 +54,7 @@ def main():
                 w = rand_weight("affine", bits, n, k, 128, dev, seed=bits)
                 ref = lut_matmul_f64(x, w)
                 nb = w.nbytes()
-                cps = [w] + [LutWeight(**{**w.meta(), **{kk: t.clone() for kk, t in w.state_dict().items()}})
-                             for _ in range(n_copies(nb, l2) - 1)]  # fmt: skip
+                cps = rotated_copies(w, l2)
                 best = None
                 for bu in (int(v) for v in a.bus.split(",")):
                     tp = graph_time_us([lambda: LG.prep_activations(x, bits, bu)] * 8)

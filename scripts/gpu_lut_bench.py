@@ -156,6 +156,26 @@ def n_copies(nbytes, l2):
     return int(min(64, max(2, math.ceil(3 * l2 / max(nbytes, 1)))))
 
 
+def rotated_copies(w, l2):
+    """w and enough clones of it that together they are > 3x the L2 (timed in turn, none is found in L2)."""
+    return [w] + [LutWeight(**{**w.meta(), **{kk: t.clone() for kk, t in w.state_dict().items()}})
+                  for _ in range(n_copies(w.nbytes(), l2) - 1)]  # fmt: skip
+
+
+def cases(shapes, ms, bits, dev, l2):
+    """Every (N x K, M, bits) case of the sweeps: yields (n, k, m, x, cuBLAS fp16 us, bits, affine g128 weight,
+    float64 reference, rotated copies); x is fp16 [M, K]."""
+    for sh in shapes.split(","):
+        n, k = (int(v) for v in sh.split("x"))
+        for m in (int(v) for v in ms.split(",")):
+            x = torch.randn(m, k, device=dev, dtype=torch.float16)
+            t16 = cublas_fp16_us(x, n, k, l2)
+            print(f"{n}x{k} m={m} cuBLAS fp16 {t16:.1f} us", flush=True)
+            for b in (int(v) for v in bits.split(",")):
+                w = rand_weight("affine", b, n, k, 128, dev, seed=b)
+                yield n, k, m, x, t16, b, w, lut_matmul_f64(x, w), rotated_copies(w, l2)
+
+
 def bench(args, l2, bw_copy, deadline):
     dev = torch.device("cuda")
     shapes = [tuple(int(v) for v in sh.split("x")) for sh in args.shapes.split(",")]
@@ -193,8 +213,7 @@ def bench(args, l2, bw_copy, deadline):
                 ref = lut_matmul_f64(x2, w)
                 err = ((y.double() - ref).norm() / ref.norm()).item()
                 nb = w.nbytes()
-                cps = [w] + [LutWeight(**{**w.meta(), **{kk: t.clone() for kk, t in w.state_dict().items()}})
-                             for _ in range(n_copies(nb, l2) - 1)]  # fmt: skip
+                cps = rotated_copies(w, l2)
                 t = graph_time_us([lambda W=W: LT.launch(x2, W, cfg) for W in cps])
                 byts = nb + m * k * 2 + m * n * 2
                 row = dict(n=n, k=k, m=m, bits=bits, us=t, fp16_us=t16, tiny_us=ttiny,

@@ -24,9 +24,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from memtool.kernels import LutWeight  # noqa: E402
-from memtool.kernels.lut_ref import lut_matmul_f64  # noqa: E402
-from scripts.gpu_lut_bench import cublas_fp16_us, graph_time_us, n_copies, rand_weight  # noqa: E402
+from scripts.gpu_lut_bench import cases, graph_time_us  # noqa: E402
 
 DEFAULT = {  # the tuner's first choices on 8192x28672 (H100, session 5)
     1: "8/64/4/3/7/1/0/0/lut_wgmma,8/64/4/3/6/1/0/0/lut_wgmma",
@@ -85,40 +83,30 @@ def main():
     print(f"an almost empty kernel in a graph: {graph_time_us([lambda: z.add_(1)] * 8):.2f} us", flush=True)
     WG = importlib.import_module("memtool.kernels.lut_wgmma")
     rows = []
-    for sh in a.shapes.split(","):
-        n, k = (int(v) for v in sh.split("x"))
-        for m in (int(v) for v in a.ms.split(",")):
-            x = torch.randn(m, k, device=dev, dtype=torch.float16)
-            t16 = cublas_fp16_us(x, n, k, l2)
-            print(f"{n}x{k} m={m} cuBLAS fp16 {t16:.1f} us", flush=True)
-            for bits in (int(v) for v in a.bits.split(",")):
-                w = rand_weight("affine", bits, n, k, 128, dev, seed=bits)
-                ref = lut_matmul_f64(x, w)
-                cps = [w] + [LutWeight(**{**w.meta(), **{kk: t.clone() for kk, t in w.state_dict().items()}})
-                             for _ in range(n_copies(w.nbytes(), l2) - 1)]  # fmt: skip
-                tp = graph_time_us([lambda: WG.prep_activations(x, bits)] * 8)
-                print(f"  q{bits} prep alone {tp:.2f} us", flush=True)
-                time_prep(x, bits, a.prep)
-                for label, mod, kw in variants(a.v1 if m <= 8 else a.v16):
-                    if time.time() - t0 > a.budget:
-                        print("budget spent", flush=True)
-                        break
-                    mk = importlib.import_module(f"memtool.kernels.{mod}")
-                    kw = dict(kw)
-                    bm, bn, split, nw = kw.pop("bm"), kw.pop("bn"), kw.pop("split"), kw.pop("num_warps")
-                    try:
-                        y = mk.launch(x, w, bm, bn, split, nw, **kw)
-                        err = ((y.double() - ref).norm() / ref.norm()).item()
-                        t = graph_time_us([lambda W=W: mk.launch(x, W, bm, bn, split, nw, **kw) for W in cps])
-                    except Exception as e:  # noqa: BLE001
-                        print(f"  q{bits} {label}: FAIL {e!r}"[:300], flush=True)
-                        continue
-                    nreg = getattr(mk.LAST.get("kernel"), "n_regs", None)
-                    print(f"  q{bits} {label:32s} {t:6.1f} us {t16 / t:.2f}x regs={nreg} err={err:.1e}", flush=True)
-                    rows.append(dict(n=n, k=k, m=m, bits=bits, label=label, us=t, fp16_us=t16, speedup=t16 / t,
-                                     err=err, regs=nreg, prep_us=tp))  # fmt: skip
-                del cps
-                torch.cuda.empty_cache()
+    for n, k, m, x, t16, bits, w, ref, cps in cases(a.shapes, a.ms, a.bits, dev, l2):
+        tp = graph_time_us([lambda: WG.prep_activations(x, bits)] * 8)
+        print(f"  q{bits} prep alone {tp:.2f} us", flush=True)
+        time_prep(x, bits, a.prep)
+        for label, mod, kw in variants(a.v1 if m <= 8 else a.v16):
+            if time.time() - t0 > a.budget:
+                print("budget spent", flush=True)
+                break
+            mk = importlib.import_module(f"memtool.kernels.{mod}")
+            kw = dict(kw)
+            bm, bn, split, nw = kw.pop("bm"), kw.pop("bn"), kw.pop("split"), kw.pop("num_warps")
+            try:
+                y = mk.launch(x, w, bm, bn, split, nw, **kw)
+                err = ((y.double() - ref).norm() / ref.norm()).item()
+                t = graph_time_us([lambda W=W: mk.launch(x, W, bm, bn, split, nw, **kw) for W in cps])
+            except Exception as e:  # noqa: BLE001
+                print(f"  q{bits} {label}: FAIL {e!r}"[:300], flush=True)
+                continue
+            nreg = getattr(mk.LAST.get("kernel"), "n_regs", None)
+            print(f"  q{bits} {label:32s} {t:6.1f} us {t16 / t:.2f}x regs={nreg} err={err:.1e}", flush=True)
+            rows.append(dict(n=n, k=k, m=m, bits=bits, label=label, us=t, fp16_us=t16, speedup=t16 / t, err=err,
+                             regs=nreg, prep_us=tp))  # fmt: skip
+        del cps
+        torch.cuda.empty_cache()
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "ab.json"), "w") as f:
         json.dump({"device": props.name, "rows": rows}, f, indent=1)

@@ -21,11 +21,10 @@ import torch
 
 sys.path.insert(0, os.getcwd())
 
-from memtool.kernels import LutWeight  # noqa: E402
 from memtool.kernels import lut_triton as LT  # noqa: E402
 from memtool.kernels import lut_wgmma as WG  # noqa: E402
 from memtool.kernels.lut_ref import lut_matmul_f64  # noqa: E402
-from scripts.gpu_lut_bench import cublas_fp16_us, graph_time_us, n_copies, rand_weight  # noqa: E402
+from scripts.gpu_lut_bench import cublas_fp16_us, graph_time_us, rand_weight, rotated_copies  # noqa: E402
 
 
 def check(dev):
@@ -99,8 +98,7 @@ def main():
                 w = rand_weight("affine", bits, n, k, 128, dev, seed=bits)
                 ref = lut_matmul_f64(x, w)
                 nb = w.nbytes()
-                cps = [w] + [LutWeight(**{**w.meta(), **{kk: t.clone() for kk, t in w.state_dict().items()}})
-                             for _ in range(n_copies(nb, l2) - 1)]  # fmt: skip
+                cps = rotated_copies(w, l2)
                 tp = graph_time_us([lambda: WG.prep_activations(x, bits)] * 8)
                 part = torch.zeros(4, m, n, device=dev)
                 yo = torch.empty(m, n, device=dev, dtype=x.dtype)
