@@ -743,12 +743,17 @@ def _pick(x2: torch.Tensor, w: LutWeight, cands: list[Config]) -> Optional[Confi
             times.append((_time(lambda: launch(x2, w, c)), c))
         except Exception:  # noqa: BLE001  (a config that does not compile / fit is skipped)
             continue
+    return _earliest_within(times)
+
+
+def _earliest_within(times: list, tol: float = 0.02):
+    """The earliest of ``(time, config)`` pairs within ``tol`` of the fastest (None if empty): candidates come in
+    the order measured best in the benchmarks (rotated weights), and the tuner's own timing (one weight, partly
+    in L2) is that noisy."""
     if not times:
         return None
-    # the earliest candidate within 2% of the fastest: candidates come in the order measured best in the
-    # benchmarks (rotated weights), and the tuner's own timing (one weight, partly in L2) is that noisy
     fastest = min(t for t, _ in times)
-    return next(c for t, c in times if t <= fastest * 1.02)
+    return next(c for t, c in times if t <= fastest * (1 + tol))
 
 
 def choose(x2: torch.Tensor, w: LutWeight) -> Config:
