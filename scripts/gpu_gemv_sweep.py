@@ -20,8 +20,7 @@ import torch
 sys.path.insert(0, os.getcwd())
 
 from memtool.kernels import lut_gemv as LG  # noqa: E402
-from memtool.kernels.lut_ref import lut_matmul_f64  # noqa: E402
-from scripts.gpu_lut_bench import cublas_fp16_us, graph_time_us, rand_weight, rotated_copies  # noqa: E402
+from scripts.gpu_lut_bench import cases, graph_time_us  # noqa: E402
 
 
 def main():
@@ -44,49 +43,40 @@ def main():
     print(f"device {props.name} sms={sms} torch {torch.__version__}", flush=True)
     dev = torch.device("cuda")
     res = []
-    for sh in a.shapes.split(","):
-        n, k = (int(v) for v in sh.split("x"))
-        for m in (int(v) for v in a.ms.split(",")):
-            x = torch.randn(m, k, device=dev, dtype=torch.float16)
-            t16 = cublas_fp16_us(x, n, k, l2)
-            print(f"{n}x{k} m={m} cuBLAS fp16 {t16:.1f} us", flush=True)
-            for bits in (int(v) for v in a.bits.split(",")):
-                w = rand_weight("affine", bits, n, k, 128, dev, seed=bits)
-                ref = lut_matmul_f64(x, w)
-                nb = w.nbytes()
-                cps = rotated_copies(w, l2)
-                best = None
-                for bu in (int(v) for v in a.bus.split(",")):
-                    tp = graph_time_us([lambda: LG.prep_activations(x, bits, bu)] * 8)
-                    print(f"  prep alone (bu={bu}): {tp:.1f} us", flush=True)
-                for bn, bu, nw, st, wv in itertools.product(
-                    *[[int(v) for v in s.split(",")] for s in (a.bns, a.bus, a.warps, a.stages)],
-                    [float(v) for v in a.waves.split(",")],
-                ):
-                    if time.time() - t0 > a.budget:
-                        break
-                    ku = -(-k // 32)
-                    blocks = -(-n // bn) * m
-                    split = max(1, min(round(wv * sms / blocks), -(-ku // bu)))
-                    try:
-                        y = LG.launch_affine(x, w, bn, bu, split, nw, st)
-                        err = ((y.double() - ref).norm() / ref.norm()).item()
-                        t = graph_time_us([lambda W=W: LG.launch_affine(x, W, bn, bu, split, nw, st) for W in cps])
-                    except Exception as e:  # noqa: BLE001
-                        print(f"  bn={bn} bu={bu} nw={nw} split={split}: FAIL {e!r}"[:300], flush=True)
-                        continue
-                    r = dict(n=n, k=k, m=m, bits=bits, bn=bn, bu=bu, nw=nw, st=st, split=split, us=t, fp16_us=t16,
-                             speedup=t16 / t, err=err, tbps=(nb + m * k * 2 + m * n * 2) / t / 1e6)  # fmt: skip
-                    res.append(r)
-                    if best is None or t < best["us"]:
-                        best = r
-                    print(f"  q{bits} bn={bn} bu={bu} nw={nw} st={st} split={split}: {t:.1f} us  {t16 / t:.2f}x  "
-                          f"{r['tbps']:.2f} TB/s err={err:.1e}", flush=True)  # fmt: skip
-                if best:
-                    print(f"BEST {n}x{k} m={m} q{bits}: {best['us']:.1f} us {best['speedup']:.2f}x fp16 "
-                          f"(bn={best['bn']} bu={best['bu']} nw={best['nw']} st={best['st']} split={best['split']})", flush=True)
-                del cps
-                torch.cuda.empty_cache()
+    for n, k, m, x, t16, bits, w, ref, cps in cases(a.shapes, a.ms, a.bits, dev, l2):
+        nb = w.nbytes()
+        best = None
+        for bu in (int(v) for v in a.bus.split(",")):
+            tp = graph_time_us([lambda: LG.prep_activations(x, bits, bu)] * 8)
+            print(f"  prep alone (bu={bu}): {tp:.1f} us", flush=True)
+        for bn, bu, nw, st, wv in itertools.product(
+            *[[int(v) for v in s.split(",")] for s in (a.bns, a.bus, a.warps, a.stages)],
+            [float(v) for v in a.waves.split(",")],
+        ):
+            if time.time() - t0 > a.budget:
+                break
+            ku = -(-k // 32)
+            blocks = -(-n // bn) * m
+            split = max(1, min(round(wv * sms / blocks), -(-ku // bu)))
+            try:
+                y = LG.launch_affine(x, w, bn, bu, split, nw, st)
+                err = ((y.double() - ref).norm() / ref.norm()).item()
+                t = graph_time_us([lambda W=W: LG.launch_affine(x, W, bn, bu, split, nw, st) for W in cps])
+            except Exception as e:  # noqa: BLE001
+                print(f"  bn={bn} bu={bu} nw={nw} split={split}: FAIL {e!r}"[:300], flush=True)
+                continue
+            r = dict(n=n, k=k, m=m, bits=bits, bn=bn, bu=bu, nw=nw, st=st, split=split, us=t, fp16_us=t16,
+                     speedup=t16 / t, err=err, tbps=(nb + m * k * 2 + m * n * 2) / t / 1e6)  # fmt: skip
+            res.append(r)
+            if best is None or t < best["us"]:
+                best = r
+            print(f"  q{bits} bn={bn} bu={bu} nw={nw} st={st} split={split}: {t:.1f} us  {t16 / t:.2f}x  "
+                  f"{r['tbps']:.2f} TB/s err={err:.1e}", flush=True)  # fmt: skip
+        if best:
+            print(f"BEST {n}x{k} m={m} q{bits}: {best['us']:.1f} us {best['speedup']:.2f}x fp16 "
+                  f"(bn={best['bn']} bu={best['bu']} nw={best['nw']} st={best['st']} split={best['split']})", flush=True)
+        del cps
+        torch.cuda.empty_cache()
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "gemv_sweep.json"), "w") as f:
         json.dump({"device": props.name, "rows": res}, f, indent=1)

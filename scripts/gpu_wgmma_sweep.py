@@ -24,7 +24,7 @@ sys.path.insert(0, os.getcwd())
 from memtool.kernels import lut_triton as LT  # noqa: E402
 from memtool.kernels import lut_wgmma as WG  # noqa: E402
 from memtool.kernels.lut_ref import lut_matmul_f64  # noqa: E402
-from scripts.gpu_lut_bench import cublas_fp16_us, graph_time_us, rand_weight, rotated_copies  # noqa: E402
+from scripts.gpu_lut_bench import cases, graph_time_us, rand_weight  # noqa: E402
 
 
 def check(dev):
@@ -51,8 +51,9 @@ def check(dev):
                         traceback.print_exc()
                         err, ok = float("nan"), False
                     bad += not ok
-                    print(f"check m={m} n={n} k={k} g={g} q{bits} {str(dt)[6:]} bn={vbn} nw={nw} fold={fold} st={stg} "
-                          f"reg={reg} pdl={int(pdl)} split={split}: {'ok' if ok else 'FAIL'} {err:.1e}", flush=True)  # fmt: skip
+                    print(f"check m={m} n={n} k={k} g={g} q{bits} {str(dt)[6:]} bn={vbn} nw={nw} fold={fold} "
+                          f"st={stg} reg={reg} pdl={int(pdl)} split={split}: {'ok' if ok else 'FAIL'} {err:.1e}",
+                          flush=True)  # fmt: skip
     return bad
 
 
@@ -86,71 +87,62 @@ def main():
     bad = 0 if a.no_check else check(dev)
     print(f"check: {bad} failures ({time.time() - t0:.0f}s)", flush=True)
     res = []
-    for sh in a.shapes.split(","):
-        n, k = (int(v) for v in sh.split("x"))
-        for m in (int(v) for v in a.ms.split(",")):
-            x = torch.randn(m, k, device=dev, dtype=torch.float16)
-            t16 = cublas_fp16_us(x, n, k, l2)
-            print(f"{n}x{k} m={m} cuBLAS fp16 {t16:.1f} us", flush=True)
-            for bits in (int(v) for v in a.bits.split(",")):
-                if time.time() - t0 > a.budget:
-                    break
-                w = rand_weight("affine", bits, n, k, 128, dev, seed=bits)
-                ref = lut_matmul_f64(x, w)
-                nb = w.nbytes()
-                cps = rotated_copies(w, l2)
-                tp = graph_time_us([lambda: WG.prep_activations(x, bits)] * 8)
-                part = torch.zeros(4, m, n, device=dev)
-                yo = torch.empty(m, n, device=dev, dtype=x.dtype)
-                tr = graph_time_us([lambda: LT._reduce_kernel[(-(-m * n // 1024),)](part, yo, m * n, 4, BLOCK=1024)] * 8)
-                print(f"  q{bits} prep alone {tp:.1f} us, split-4 reduce alone {tr:.1f} us", flush=True)
-                td = None
-                if not a.no_dispatch:
-                    cfg = LT.choose(x, w)
-                    td = graph_time_us([lambda W=W: LT.launch(x, W, cfg) for W in cps])
-                    print(f"  q{bits} dispatcher {cfg.path} bn={cfg.bn} split={cfg.split}: {td:.1f} us "
-                          f"{t16 / td:.2f}x   (wgmma prep alone {tp:.1f} us)", flush=True)  # fmt: skip
-                bm = min(64, max(8, 1 << (m - 1).bit_length()))
-                best = None
-                for nw, stg, fold, reg in ((int(v), int(sv), None if fv == "auto" else fv == "1", int(rv))
-                                           for v in a.warps.split(",") for sv in a.stages.split(",")
-                                           for fv in a.fold.split(",") for rv in a.maxnreg.split(",")):  # fmt: skip
-                    for bn in (int(v) for v in a.bns.split(",")):
-                        if bm == 64 and bn > 64 and nw == 4:
-                            continue  # spills
-                        if bn < 16 * nw or bn > 32 * nw or (bn != 16 * nw and not fold and bm < 32):
-                            continue
-                        blocks = (n // bn) * -(-m // bm)
-                        splits = [int(v) for v in a.splits.split(",")] if a.splits else sorted(
-                            {max(1, min(round(float(wv) * sms / blocks), k // 128)) for wv in a.waves.split(",")})
-                        for split in splits:
-                            kw = {"stages": stg, "fold": fold, "maxnreg": reg}
-                            try:
-                                y = WG.launch(x, w, bm, bn, split, nw, **kw)
-                                err = ((y.double() - ref).norm() / ref.norm()).item()
-                                t = graph_time_us([lambda W=W: WG.launch(x, W, bm, bn, split, nw, **kw) for W in cps])
-                            except Exception as e:  # noqa: BLE001
-                                print(f"  bm={bm} bn={bn} nw={nw} split={split}: FAIL {e!r}"[:400], flush=True)
-                                continue
-                            kern = getattr(WG, "LAST", {}).get("kernel")
-                            nreg = getattr(kern, "n_regs", None)
-                            r = dict(n=n, k=k, m=m, bits=bits, bm=bm, bn=bn, nw=nw, stages=stg, fold=fold, maxnreg=reg,
-                                     nregs=nreg, spills=getattr(kern, "n_spills", None),
-                                     split=split, us=t, fp16_us=t16, dispatch_us=td, prep_us=tp, speedup=t16 / t, err=err,
-                                     tbps=(nb + m * k * 2 + m * n * 2) / t / 1e6)  # fmt: skip
-                            res.append(r)
-                            if best is None or t < best["us"]:
-                                best = r
-                            print(f"  q{bits} bm={bm} bn={bn} nw={nw} st={stg} fold={fold} reg={reg}/{nreg} "
-                                  f"split={split}: "
-                                  f"{t:.1f} us {t16 / t:.2f}x "
-                                  f"{r['tbps']:.2f} TB/s err={err:.1e}", flush=True)  # fmt: skip
-                if best:
-                    print(f"BEST {n}x{k} m={m} q{bits}: {best['us']:.1f} us {best['speedup']:.2f}x fp16 "
-                          f"(bn={best['bn']} nw={best['nw']} fold={best['fold']} split={best['split']}); dispatcher "
-                          f"{td if td is None else round(td, 1)} us", flush=True)  # fmt: skip
-                del cps
-                torch.cuda.empty_cache()
+    for n, k, m, x, t16, bits, w, ref, cps in cases(a.shapes, a.ms, a.bits, dev, l2):
+        if time.time() - t0 > a.budget:
+            break
+        nb = w.nbytes()
+        tp = graph_time_us([lambda: WG.prep_activations(x, bits)] * 8)
+        part = torch.zeros(4, m, n, device=dev)
+        yo = torch.empty(m, n, device=dev, dtype=x.dtype)
+        tr = graph_time_us([lambda: LT._reduce_kernel[(-(-m * n // 1024),)](part, yo, m * n, 4, BLOCK=1024)] * 8)
+        print(f"  q{bits} prep alone {tp:.1f} us, split-4 reduce alone {tr:.1f} us", flush=True)
+        td = None
+        if not a.no_dispatch:
+            cfg = LT.choose(x, w)
+            td = graph_time_us([lambda W=W: LT.launch(x, W, cfg) for W in cps])
+            print(f"  q{bits} dispatcher {cfg.path} bn={cfg.bn} split={cfg.split}: {td:.1f} us "
+                  f"{t16 / td:.2f}x   (wgmma prep alone {tp:.1f} us)", flush=True)  # fmt: skip
+        bm = min(64, max(8, 1 << (m - 1).bit_length()))
+        best = None
+        for nw, stg, fold, reg in ((int(v), int(sv), None if fv == "auto" else fv == "1", int(rv))
+                                   for v in a.warps.split(",") for sv in a.stages.split(",")
+                                   for fv in a.fold.split(",") for rv in a.maxnreg.split(",")):  # fmt: skip
+            for bn in (int(v) for v in a.bns.split(",")):
+                if bm == 64 and bn > 64 and nw == 4:
+                    continue  # spills
+                if bn < 16 * nw or bn > 32 * nw or (bn != 16 * nw and not fold and bm < 32):
+                    continue
+                blocks = (n // bn) * -(-m // bm)
+                splits = [int(v) for v in a.splits.split(",")] if a.splits else sorted(
+                    {max(1, min(round(float(wv) * sms / blocks), k // 128)) for wv in a.waves.split(",")})
+                for split in splits:
+                    kw = {"stages": stg, "fold": fold, "maxnreg": reg}
+                    try:
+                        y = WG.launch(x, w, bm, bn, split, nw, **kw)
+                        err = ((y.double() - ref).norm() / ref.norm()).item()
+                        t = graph_time_us([lambda W=W: WG.launch(x, W, bm, bn, split, nw, **kw) for W in cps])
+                    except Exception as e:  # noqa: BLE001
+                        print(f"  bm={bm} bn={bn} nw={nw} split={split}: FAIL {e!r}"[:400], flush=True)
+                        continue
+                    kern = getattr(WG, "LAST", {}).get("kernel")
+                    nreg = getattr(kern, "n_regs", None)
+                    r = dict(n=n, k=k, m=m, bits=bits, bm=bm, bn=bn, nw=nw, stages=stg, fold=fold, maxnreg=reg,
+                             nregs=nreg, spills=getattr(kern, "n_spills", None),
+                             split=split, us=t, fp16_us=t16, dispatch_us=td, prep_us=tp, speedup=t16 / t, err=err,
+                             tbps=(nb + m * k * 2 + m * n * 2) / t / 1e6)  # fmt: skip
+                    res.append(r)
+                    if best is None or t < best["us"]:
+                        best = r
+                    print(f"  q{bits} bm={bm} bn={bn} nw={nw} st={stg} fold={fold} reg={reg}/{nreg} "
+                          f"split={split}: "
+                          f"{t:.1f} us {t16 / t:.2f}x "
+                          f"{r['tbps']:.2f} TB/s err={err:.1e}", flush=True)  # fmt: skip
+        if best:
+            print(f"BEST {n}x{k} m={m} q{bits}: {best['us']:.1f} us {best['speedup']:.2f}x fp16 "
+                  f"(bn={best['bn']} nw={best['nw']} fold={best['fold']} split={best['split']}); dispatcher "
+                  f"{td if td is None else round(td, 1)} us", flush=True)  # fmt: skip
+        del cps
+        torch.cuda.empty_cache()
     os.makedirs(a.out, exist_ok=True)
     with open(os.path.join(a.out, "wgmma_sweep.json"), "w") as f:
         json.dump({"device": props.name, "check_failures": bad, "rows": res}, f, indent=1)

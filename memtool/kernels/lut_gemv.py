@@ -268,8 +268,9 @@ _COUNTERS: dict = {}
 def _counters(device, n: int) -> torch.Tensor:
     """Zeroed int32 split-K counters, one buffer per (device, stream): every launch leaves them at 0 (the last
     program of a block resets its counter), so calls on one stream can share them and a CUDA graph has no
-    memset per call. Made during a graph capture, the buffer comes from the graph's pool and the graph zeroes
-    it once, at its first call. (Graphs captured on one stream must not be replayed concurrently.)"""
+    memset per call. Made during a graph capture, the buffer comes from the graph's pool and its zeroing is one
+    node of the graph (one memset per replay, not per call). (Graphs captured on one stream must not be replayed
+    concurrently.)"""
     stream = torch.cuda.current_stream(device).cuda_stream if device.type == "cuda" else 0
     key = (str(device), stream)
     t = _COUNTERS.get(key)

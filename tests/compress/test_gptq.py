@@ -174,11 +174,10 @@ def test_refit_keeps_degenerate_groups():
 
 def test_weighted_clip_fit():
     from memtool.compress.lut import fit_group_params, params_to_lut
+    from memtool.compress.lut_common import nearest_codes
 
     def weighted_clip_fit(x, d, cfg):
         return fit_group_params(x[:, None], None, cfg, weight=d)[0]
-
-    from memtool.compress.lut_common import nearest_codes
 
     gen = torch.Generator().manual_seed(2)
     x = torch.randn(32, 64, generator=gen, dtype=torch.float64) * torch.exp(torch.randn(64, generator=gen))
