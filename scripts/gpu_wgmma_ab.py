@@ -50,15 +50,16 @@ def time_prep(x, bits, specs):
 
     m, k = x.shape
     nt = k // 128
+    ntp, bm = nt + WP.PAD_TILES, 16 * -(-m // 16)
     for pv in filter(None, specs.split(",")):
         tb, pw = (int(u) for u in pv.split("/"))
-        xp = torch.empty(m, nt * 128, dtype=x.dtype, device=x.device)
-        xs = torch.empty(nt, 16 * -(-m // 16), 2, dtype=torch.float32, device=x.device)
+        xp = torch.empty(1, ntp, bm, 128, dtype=x.dtype, device=x.device)
+        xs = torch.empty(1, ntp, max(bm, 32), 2, dtype=torch.float32, device=x.device)
         scl = torch.ones(128, device=x.device)
 
         def fn(tb=tb, pw=pw, xp=xp, xs=xs, scl=scl):
-            WP._prep_kernel[(-(-nt // tb), xs.shape[1])](x, scl, xp, xs, m, k, nt, xs.shape[1], x.stride(0), 1024.0,
-                                                         TB=tb, RAW=True, PDL=False, num_warps=pw)  # fmt: skip
+            WP._prep_kernel[(-(-ntp // tb), bm)](x, scl, xp, xs, m, k, nt, ntp, x.stride(0), 1024.0, BM=bm,
+                                                 SR=max(bm, 32), TB=tb, RAW=True, PDL=False, num_warps=pw)  # fmt: skip
 
         print(f"  q{bits} prep TB={tb} warps={pw}: {graph_time_us([fn] * 8):.2f} us", flush=True)
 

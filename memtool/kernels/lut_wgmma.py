@@ -59,6 +59,7 @@ from memtool.kernels.lut_triton import _reduce_kernel
 from memtool.kernels.lut_wgmma_plan import (
     BITS_OK,
     MANTISSA,
+    PAD_TILES,
     TILE_K,
     _fma_asm_text,
     pair_plan,
@@ -104,6 +105,7 @@ def supports(w, m: int, n: int, k: int, device, dtype: Optional[torch.dtype] = N
 # ---------------------------------------------------------------------------------------------- kernel
 if HAVE_GLUON:
     _fma_asm = triton.constexpr_function(_fma_asm_text)
+    PADT = gl.constexpr(PAD_TILES)
 
     @gluon.jit
     def _sel6(s0, s1, s2, s3, s4, s5, I: gl.constexpr):
@@ -236,42 +238,43 @@ if HAVE_GLUON:
                     gl.atomic_xchg(cnt_ptr + cidx, 0)
 
     @gluon.jit
-    def _fill(xb, wb, xrow, xmask, wsrc, wmask, tile, BITS: gl.constexpr, X: gl.constexpr, W: gl.constexpr):
-        """cp.async one tile's activations (X) and words (W) into a slot's two buffers (no commit)."""
+    def _fill(xb, wb, xit, wit, wmask, C: gl.constexpr, BITS: gl.constexpr, BM: gl.constexpr, X: gl.constexpr,
+              W: gl.constexpr):  # fmt: skip
+        """cp.async the activations (X) and words (W, where ``wmask``) of tile C of the loop iteration whose
+        first tiles are at ``xit`` and ``wit`` into a slot's two buffers (no commit): a constant offset, an
+        immediate of the copy instruction."""
         if X:
-            async_copy_global_to_shared(xb, xrow + tile * 128, mask=xmask)
+            async_copy_global_to_shared(xb, xit + C * (BM * 128))
         if W:
-            async_copy_global_to_shared(wb, wsrc + tile * (BITS * 256), mask=wmask)
+            async_copy_global_to_shared(wb, wit + C * (BITS * 256), mask=wmask)
 
     @gluon.jit
-    def _side_sources(tp_ptr, xs_ptr, pid_n, pid_m, G, BN: gl.constexpr, BM: gl.constexpr, NW: gl.constexpr,
+    def _side_sources(tp_ptr, xs_ptr, pid_n, pid_m, NT, BN: gl.constexpr, BM: gl.constexpr, NW: gl.constexpr,
                       CL: gl.constexpr):  # fmt: skip
         """A tile's group parameters (BN ``s | b << 16`` words, :func:`tile_params`) and activation sums (BM
-        columns x (sum, magic * sum) fp32, tile-major) come by cp.async with its words, into a [32 * NW, 4] int32
-        side buffer of the slot, one 16-byte row per thread: rows 0..BN/4-1 the parameters (4 rows of one row
-        block a chunk), BM/2 rows from max(BN/4, BM/2) on the sums, the rest masked. Returns the per-thread
-        sources of tile 0 (group 0), the mask and the column index."""
+        columns x (sum, magic * sum) fp32, :func:`prep_activations`) come by cp.async with its words, into a
+        [32 * NW, 4] int32 side buffer of the slot, one 16-byte row per thread: rows 0..BN/4-1 the parameters (4
+        rows of one row block a chunk), BM/2 rows from max(BN/4, BM/2) on the sums, the rest masked. Returns each
+        thread's source of tile 0, how far it moves a tile (int32 words: 64 for both up to BM = 32, so that the
+        slots of an iteration differ by immediates) and the mask."""
         r = gl.arange(0, 32 * NW, layout=gl.SliceLayout(1, CL))
         c = gl.arange(0, 4, layout=gl.SliceLayout(0, CL))
         NP: gl.constexpr = BN // 4
         SO: gl.constexpr = max(NP, BM // 2)  # the sums' first row (a shared-memory slice starts at a multiple
         q = r * 4  # of its length)
-        pbase = tp_ptr + (pid_n * (BN // 64) + q // 64) * (G * 64) + q % 64
-        sbase = xs_ptr.to(gl.pointer_type(gl.int32), bitcast=True) + pid_m * (BM * 2) + (r - SO) * 4
-        used = (r < NP) | ((r >= SO) & (r < SO + BM // 2))
-        return r < NP, pbase, sbase, used[:, None] & (c < 4)[None, :], c
+        SR: gl.constexpr = max(BM, 32)  # rows of a tile of the sums
+        isp = r < NP
+        poff = (pid_n * (BN // 64) + q // 64) * ((NT + PADT) * 64) + q % 64
+        soff = pid_m * (NT + PADT) * (SR * 2) + (r - SO) * 4
+        base = gl.where(isp, tp_ptr, xs_ptr.to(gl.pointer_type(gl.int32), bitcast=True)) + gl.where(isp, poff, soff)
+        used = isp | ((r >= SO) & (r < SO + BM // 2))
+        step = gl.where(isp, 64, SR * 2)
+        return (base[:, None] + c[None, :]), step[:, None], used[:, None] & (c < 4)[None, :]
 
     @gluon.jit
-    def _fill_side(sb, isp, pbase, sbase, smask, c, tile, GSH, MP):
-        """cp.async tile ``tile``'s parameters and sums into a side buffer (no commit)."""
-        src = gl.where(isp, pbase + (tile >> GSH) * 64, sbase + tile * (MP * 2))
-        async_copy_global_to_shared(sb, src[:, None] + c[None, :], mask=smask)
-
-    @gluon.jit
-    def _side_params(sb, valid, BN: gl.constexpr, BM: gl.constexpr, MMA: gl.constexpr, SL4: gl.constexpr,
+    def _side_params(sb, BN: gl.constexpr, BM: gl.constexpr, MMA: gl.constexpr, SL4: gl.constexpr,
                      WSL: gl.constexpr):  # fmt: skip
-        """A tile's group scale and bias of the rows (fp32, zero for a tile past the range) and its two sums per
-        column (16 bytes a column pair), from the slot's side buffer, in the accumulator's row / column layouts
+        """A tile's group scale and bias of the rows (fp32) and its two sums per column (16 bytes a column pair), from the slot's side buffer, in the accumulator's row / column layouts
         (no data movement). Read from shared memory after the wgmma is issued, they hold no registers across
         the tile (M=1: 80 -> 72 registers; M=16: 96 without spills)."""
         NP: gl.constexpr = BN // 4
@@ -280,8 +283,6 @@ if HAVE_GLUON:
         sc, bi = gl.inline_asm_elementwise(
             "{ .reg .b16 l, h; mov.b32 {l, h}, $2; cvt.f32.f16 $0, l; cvt.f32.f16 $1, h; }", "=r,=r,r", [pv],
             dtype=(gl.float32, gl.float32), is_pure=True, pack=1)  # fmt: skip
-        sc = gl.where(valid, sc, 0.0)
-        bi = gl.where(valid, bi, 0.0)
         v = sb.slice(max(NP, BM // 2), BM // 2)._reinterpret(gl.float32, [BM // 2, 4], WSL).load(SL4)
         xs, xo = gl.split(gl.reshape(v, [BM // 2, 2, 2]))
         COL: gl.constexpr = gl.SliceLayout(0, MMA)
@@ -303,17 +304,36 @@ if HAVE_GLUON:
         return w0, w1, w2, w3
 
     @gluon.jit
-    def _coords(xp_ptr, pid_n, pid_m, M, NT, BN: gl.constexpr, BM: gl.constexpr, MMA: gl.constexpr,
+    def _coords(xp_ptr, pid_n, pid_m, M, NTP, BN: gl.constexpr, BM: gl.constexpr, MMA: gl.constexpr,
                 XL: gl.constexpr):  # fmt: skip
-        """The program's output rows and activation rows (accumulator layout), and the source pointers and
-        mask of its [BM, 128] activation tile (tile 0; tile t is t * 128 further)."""
+        """The program's output rows and activation rows (accumulator layout), and the sources of its [BM, 128]
+        activation tile (tile 0 of row block pid_m of the prep's [MB, NTP, BM, 128]; zero rows past M: no mask)."""
         rows = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, MMA))
         ms = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, MMA))
-        xm = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(1, XL))
+        xm = gl.arange(0, BM, layout=gl.SliceLayout(1, XL))
         xk = gl.arange(0, 128, layout=gl.SliceLayout(0, XL))
-        xrow = xp_ptr + xm.to(gl.int64)[:, None] * (NT * 128) + xk[None, :]
-        xmask = (xm < M)[:, None] & (xk < 128)[None, :]
-        return rows, ms, ms < M, xrow, xmask
+        xb = xp_ptr + pid_m.to(gl.int64) * NTP * (BM * 128)
+        return rows, ms, ms < M, xb + xm[:, None] * 128 + xk[None, :]
+
+    @triton.constexpr_function
+    def _x_layout(BM, NW):
+        """Copy layout of a [BM, 128] activation tile, 16 bytes a copy, each warp's copy 512 contiguous bytes.
+        BM = 4 * NW (two copies a thread): a warp copies rows 4w..4w+3 (rows +2 the second time), so that a
+        thread's two sources are 512 bytes apart, an immediate offset of the copy instruction (it reaches
+        +-2 KiB: rows 8 apart would need a second 64-bit address a tile)."""
+        if BM == 4 * NW:
+            return gl.DistributedLinearLayout(
+                reg_bases=[[0, 1], [0, 2], [0, 4], [2, 0]], lane_bases=[[0, 8], [0, 16], [0, 32], [0, 64], [1, 0]],
+                warp_bases=[[4 << i, 0] for i in range(NW.bit_length() - 1)], block_bases=[], shape=[BM, 128])  # fmt: skip
+        return gl.BlockedLayout([1, 8], [2, 16], [NW, 1], [1, 0])
+
+    @triton.constexpr_function
+    def _w_layout(NW):
+        """Copy layout of a slot's words [64 * NW rows of 16 bytes, 4]: warp w copies rows 64w..64w+31, then 32
+        rows further (one address register a thread for both, as in :func:`_x_layout`)."""
+        return gl.DistributedLinearLayout(
+            reg_bases=[[0, 1], [0, 2], [32, 0]], lane_bases=[[1, 0], [2, 0], [4, 0], [8, 0], [16, 0]],
+            warp_bases=[[64 << i, 0] for i in range(NW.bit_length() - 1)], block_bases=[], shape=[64 * NW, 4])  # fmt: skip
 
     @gluon.jit
     def _gdc_wait():
@@ -322,7 +342,7 @@ if HAVE_GLUON:
         gl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
 
     @gluon.jit
-    def _raw_kernel(xp_ptr, xs_ptr, q_ptr, tp_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, KU, NT, G, GSH, TPS,
+    def _raw_kernel(xp_ptr, xs_ptr, q_ptr, tp_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, KU, NT, TPS,
                     NSPLIT, magic, BITS: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr, PLAN: gl.constexpr,
                     BF16: gl.constexpr, NW: gl.constexpr, H: gl.constexpr, SPLIT: gl.constexpr,
                     SL4: gl.constexpr, PDL: gl.constexpr):  # fmt: skip
@@ -332,9 +352,10 @@ if HAVE_GLUON:
         Each tile's words and activations stream into shared memory by cp.async, H - 1 tiles ahead (deep
         enough to keep DRAM busy without holding words in registers). The loop is unrolled over the H slots:
         each has its own buffers, so Triton's barrier analysis sees that a copy and a read touch different
-        memory and one barrier per tile suffices (the one that frees the slot refilled next). Tile t is in
-        group t >> GSH; a tile past the range is decoded but scaled by zero. PDL: launched with programmatic
-        dependent launch after the prep, the program requests its first tiles' words before it waits for it."""
+        memory and one barrier per tile suffices (the one that frees the slot refilled next). The sources move a
+        constant stride a tile, so the copies of an iteration's slots differ by immediates (no clamping: a tile
+        past the range brings zero activations and sums, see below). PDL: launched with programmatic dependent
+        launch after the prep, the program requests its first tiles' words before it waits for it."""
         pid_n = gl.program_id(0)
         pid_s = gl.program_id(1)
         pid_m = gl.program_id(2)
@@ -344,9 +365,10 @@ if HAVE_GLUON:
             shape=[BN, 4])  # fmt: skip
         MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1], instr_shape=[16, BM, 16])
         A: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
-        XL: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [NW, 1], [1, 0])
+        XL: gl.constexpr = _x_layout(BM, NW)
         XSL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
-        CL: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [NW, 1], [1, 0])
+        CL: gl.constexpr = gl.BlockedLayout([1, 4], [32, 1], [NW, 1], [1, 0])  # side buffer: a row a thread
+        WL: gl.constexpr = _w_layout(NW)
         WSL: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
         XT: gl.constexpr = xp_ptr.dtype.element_ty
         x0 = gl.allocate_shared_memory(XT, [BM, 128], XSL)
@@ -367,56 +389,62 @@ if HAVE_GLUON:
         s3 = gl.allocate_shared_memory(gl.int32, [32 * NW, 4], WSL)
         s4 = gl.allocate_shared_memory(gl.int32, [32 * NW, 4], WSL)
         s5 = gl.allocate_shared_memory(gl.int32, [32 * NW, 4], WSL)
-        isp, pbase, sbase, smask, sc4 = _side_sources(tp_ptr, xs_ptr, pid_n, pid_m, G, BN, BM, NW, CL)
+        ssrc, sstep, smask = _side_sources(tp_ptr, xs_ptr, pid_n, pid_m, NT, BN, BM, NW, CL)
         # word sources of one tile, slot row i = plane * BN + row (tile layout: 64-row blocks of 4 units a plane)
-        ci = gl.arange(0, 4 * BN, layout=gl.SliceLayout(1, CL))
-        cu = gl.arange(0, 4, layout=gl.SliceLayout(0, CL))
+        ci = gl.arange(0, 4 * BN, layout=gl.SliceLayout(1, WL))
+        cu = gl.arange(0, 4, layout=gl.SliceLayout(0, WL))
         cr = ci % BN
         woff = (ci // BN) * 256 + (cr // 64) * (64 * BITS) * KU + (cr % 64) * 4
         wsrc = q_ptr + (pid_n * BN).to(gl.int64) * (BITS * KU) + woff[:, None] + cu[None, :]
         wmask = (ci < BITS * BN)[:, None] & (cu < 4)[None, :]
-        rows, ms, mmask, xrow, xmask = _coords(xp_ptr, pid_n, pid_m, M, NT, BN, BM, MMA, XL)
-        MP = gl.cdiv(M, BM) * BM  # rows of a tile of the sums (padded with zeros)
+        rows, ms, mmask, xrow = _coords(xp_ptr, pid_n, pid_m, M, NT + PADT, BN, BM, MMA, XL)
         acc = gl.zeros([BN, BM], gl.float32, MMA)
         zero = gl.zeros([BN, BM], gl.float32, MMA)
         t_beg = pid_s * TPS
         t_end = gl.minimum(t_beg + TPS, NT)
-        tl_ = t_end - 1
+        # Tiles past the range: the words are not copied (masked), the activations and sums are the prep's zero
+        # padding (PADT tiles past NT; the next split's tiles for a split that ends before NT, never used), so such
+        # a tile adds s * (0 - 0) + b * 0 = 0 with finite parameters (tile_params is padded as well).
+        xit = xrow + t_beg * (BM * 128)  # the first tiles of an iteration (64-bit adds once an iteration)
+        wit = wsrc + t_beg * (BITS * 256)
+        sit = ssrc + t_beg * sstep
         if PDL:  # the words do not depend on the prep: request the first slots' before waiting for it
             for hh in gl.static_range(H - 1):
-                _fill(x0, _sel6(v0, v1, v2, v3, v4, v5, hh), xrow, xmask, wsrc, wmask, gl.minimum(t_beg + hh, tl_),
-                      BITS, False, True)  # fmt: skip
+                _fill(x0, _sel6(v0, v1, v2, v3, v4, v5, hh), xit, wit, wmask & (t_beg + hh < t_end), hh, BITS, BM,
+                      False, True)  # fmt: skip
             _gdc_wait()
         for hh in gl.static_range(H - 1):  # prologue: the first H - 1 slots
-            _fill(_sel6(x0, x1, x2, x3, x4, x5, hh), _sel6(v0, v1, v2, v3, v4, v5, hh), xrow, xmask, wsrc, wmask,
-                  gl.minimum(t_beg + hh, tl_), BITS, True, not PDL)  # fmt: skip
-            _fill_side(_sel6(s0, s1, s2, s3, s4, s5, hh), isp, pbase, sbase, smask, sc4, gl.minimum(t_beg + hh, tl_),
-                       GSH, MP)  # fmt: skip
+            _fill(_sel6(x0, x1, x2, x3, x4, x5, hh), _sel6(v0, v1, v2, v3, v4, v5, hh), xit, wit,
+                  wmask & (t_beg + hh < t_end), hh, BITS, BM, True, not PDL)  # fmt: skip
+            async_copy_global_to_shared(_sel6(s0, s1, s2, s3, s4, s5, hh), sit + hh * sstep, mask=smask)
             commit_group()
         for t in range(t_beg, t_end, H):
             for h in gl.static_range(H):
-                t0 = t + h
+                # the refill of slot h - 1 brings tile t + h + H - 1: its words only if in the range
                 wait_group(H - 2)  # this thread's copies of this tile have landed
                 gl.thread_barrier()  # everyone's have, and every warp is done with the previous tile's slot
                 fence_async_shared()  # after the barrier: a barrier right after the wait (none added by Triton)
                 _fill(_sel6(x0, x1, x2, x3, x4, x5, (h + H - 1) % H), _sel6(v0, v1, v2, v3, v4, v5, (h + H - 1) % H),
-                      xrow, xmask, wsrc, wmask, gl.minimum(t0 + H - 1, tl_), BITS, True, True)  # fmt: skip
-                _fill_side(_sel6(s0, s1, s2, s3, s4, s5, (h + H - 1) % H), isp, pbase, sbase, smask, sc4,
-                           gl.minimum(t0 + H - 1, tl_), GSH, MP)  # fmt: skip
+                      xit, wit, wmask & (t + h + H - 1 < t_end), h + H - 1, BITS, BM, True, True)  # fmt: skip
+                async_copy_global_to_shared(_sel6(s0, s1, s2, s3, s4, s5, (h + H - 1) % H), sit + (h + H - 1) * sstep,
+                                            mask=smask)  # fmt: skip
                 commit_group()
                 a0, a1, a2, a3 = _slot_words(_sel6(v0, v1, v2, v3, v4, v5, h), LW, BN, BITS)
                 aa = _a_tile(a0, a1, a2, a3, magic, magic, magic, A, BN, PLAN, BITS, BF16, False)
                 d = warpgroup_mma(aa, _sel6(x0, x1, x2, x3, x4, x5, h).permute((1, 0)), zero, use_acc=False,
                                   is_async=True)  # fmt: skip
-                sc, bi, xs, xo = _side_params(_sel6(s0, s1, s2, s3, s4, s5, h), t0 < t_end, BN, BM, MMA, SL4, WSL)
+                sc, bi, xs, xo = _side_params(_sel6(s0, s1, s2, s3, s4, s5, h), BN, BM, MMA, SL4, WSL)
                 d = warpgroup_mma_wait(0, deps=[d])
                 acc = _scale(acc, d, sc, bi, xs, xo)
+            xit += H * (BM * 128)
+            wit += H * (BITS * 256)
+            sit += H * sstep
         wait_group(0)
         _finish(acc, out_ptr, ws_ptr, cnt_ptr, rows, ms, mmask, M, N, pid_s, pid_m * gl.num_programs(0) + pid_n,
                 NSPLIT, SPLIT)  # fmt: skip
 
     @gluon.jit
-    def _fold_kernel(xp_ptr, q_ptr, tp_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, KU, NT, G, GSH, TPS, NSPLIT, magic,
+    def _fold_kernel(xp_ptr, q_ptr, tp_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, KU, NT, TPS, NSPLIT, magic,
                      BITS: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr, PLAN: gl.constexpr,
                      BF16: gl.constexpr, NW: gl.constexpr, RB: gl.constexpr, STAGES: gl.constexpr,
                      SPLIT: gl.constexpr):  # fmt: skip
@@ -432,21 +460,21 @@ if HAVE_GLUON:
             shape=[BN, 4])  # fmt: skip
         MMA: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NW, 1], instr_shape=[16, BM, 16])
         A: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=MMA, k_width=2)
-        XL: gl.constexpr = gl.BlockedLayout([1, 8], [2, 16], [NW, 1], [1, 0])
+        XL: gl.constexpr = _x_layout(BM, NW)
         XSL: gl.constexpr = gl.NVMMASharedLayout(swizzle_byte_width=128, element_bitwidth=16, rank=2)
         xsm = gl.allocate_shared_memory(xp_ptr.dtype.element_ty, [STAGES, BM, 128], XSL)  # ring of tiles
         r = gl.arange(0, BN, layout=gl.SliceLayout(1, LW))
         u = gl.arange(0, 4, layout=gl.SliceLayout(0, LW))
         woff = ((r // 64) * (64 * BITS) * KU + (r % 64) * 4)[:, None] + u[None, :]
-        prow = (pid_n * (BN // 64) + r // 64) * (G * 64) + r % 64  # tile-major parameter words (group 0)
+        prow = (pid_n * (BN // 64) + r // 64) * ((NT + PADT) * 64) + r % 64  # tile-major parameter words (tile 0)
         qb = q_ptr + (pid_n * BN).to(gl.int64) * (BITS * KU)
-        rows, ms, mmask, xrow, xmask = _coords(xp_ptr, pid_n, pid_m, M, NT, BN, BM, MMA, XL)
+        rows, ms, mmask, xrow = _coords(xp_ptr, pid_n, pid_m, M, NT + PADT, BN, BM, MMA, XL)
         acc = gl.zeros([BN, BM], gl.float32, MMA)
         t_beg = pid_s * TPS
         t_end = gl.minimum(t_beg + TPS, NT)
         tl_ = t_end - 1
         for j in gl.static_range(STAGES - 1):
-            async_copy_global_to_shared(xsm.index(j), xrow + gl.minimum(t_beg + j, tl_) * 128, mask=xmask)
+            async_copy_global_to_shared(xsm.index(j), xrow + gl.minimum(t_beg + j, tl_) * (BM * 128))
             commit_group()
         n0, n1, n2, n3 = _words(qb, woff, t_beg, BITS)
         m0, m1, m2, m3 = _words(qb, woff, gl.minimum(t_beg + 1, tl_), BITS)
@@ -455,13 +483,13 @@ if HAVE_GLUON:
             w0, w1, w2, w3 = n0, n1, n2, n3
             n0, n1, n2, n3 = m0, m1, m2, m3
             m0, m1, m2, m3 = _words(qb, woff, gl.minimum(t + 2, tl_), BITS)
-            s2, b2 = _packed_params(tp_ptr, prow, t >> GSH, BF16)
+            s2, b2 = _packed_params(tp_ptr, prow, t, BF16)
             a = _a_tile(w0, w1, w2, w3, magic, s2, b2, A, BN, PLAN, BITS, BF16, True)
             wait_group(STAGES - 2)  # this thread's copy of tile t's activations has landed
             fence_async_shared()
             gl.thread_barrier()  # everyone's has, and every warp is done with tile t-1's stage
             tn = gl.minimum(t + STAGES - 1, tl_)
-            async_copy_global_to_shared(xsm.index((i + STAGES - 1) % STAGES), xrow + tn * 128, mask=xmask)
+            async_copy_global_to_shared(xsm.index((i + STAGES - 1) % STAGES), xrow + tn * (BM * 128))
             commit_group()
             acc = warpgroup_mma(a, xsm.index(i % STAGES).permute((1, 0)), acc)
         wait_group(0)
@@ -525,12 +553,11 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
     ws = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x2.device)
     cnt = out if split == 1 else _counters(x2.device, grid[0] * grid[2])
     pdl = pdl and not fold and x2.device.index not in _NO_PDL
-    xp, xs = prep_activations(x2, w.bits, raw=not fold, rows=grid[2] * bm, pdl=pdl)
+    xp, xs = prep_activations(x2, w.bits, raw=not fold, bm=bm, pdl=pdl)
     bf16 = x2.dtype == torch.bfloat16
-    gsh = 31 if w.groups == 1 else (w.group_size // TILE_K).bit_length() - 1
     mode = 0 if split == 1 else (2 if fold else 1)  # fused split-K reduction, except for the large folded tiles
     mode += 4 if m * n * split >= 2**31 else 0
-    args = (w.qweight, tile_params(w), out, ws, cnt, m, n, ku, nt, w.groups, gsh, tps, split,
+    args = (w.qweight, tile_params(w), out, ws, cnt, m, n, ku, nt, tps, split,
             0x43004300 if bf16 else 0x64006400)  # fmt: skip
     meta = dict(BITS=w.bits, BN=bn, BM=bm, PLAN=pair_plan(w.bits, MANTISSA[x2.dtype]), BF16=bf16, NW=num_warps,
                 SPLIT=mode, num_warps=num_warps,

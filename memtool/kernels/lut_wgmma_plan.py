@@ -18,6 +18,7 @@ BITS_OK = (2, 3, 4)
 TILE_K = lut_layout.UNIT * lut_layout.UNIT_TILE  # 128 k per tile
 MANTISSA = {torch.float16: 10, torch.bfloat16: 7}
 MAGIC = {torch.float16: 1024.0, torch.bfloat16: 128.0}
+PAD_TILES = 10  # zero tiles past K in the prepped activations and sums (the kernel reads up to 2 * (6 - 1) - 1 past)
 
 
 # ----------------------------------------------------------------------------------------------- plans
@@ -92,17 +93,23 @@ def emulate_tile(words: torch.Tensor, bits: int, dtype: torch.dtype, raw: bool =
 
 
 def tile_params(w) -> torch.Tensor:
-    """The affine weight's group scales and biases as tile-major int32 words ``[N/64, G, 64]`` (``s | b << 16``,
-    fp16 bit patterns): the 64 rows of a row block share a group per tile, so a tile's parameters are 256
-    contiguous bytes (the ``[N, G]`` tensors put them G*2 bytes apart: one 32-byte sector read per 2-byte
+    """The affine weight's group scales and biases as tile-major int32 words ``[N/64, NT + PAD_TILES, 64]`` (``s |
+    b << 16``, fp16 bit patterns; those of tile t's group, every group in one tile: 128 * 2^i or per-channel):
+    the 64 rows of a row block share a group per tile, so a tile's parameters are 256 contiguous bytes (the ``[N, G]`` tensors put them G*2 bytes apart: one 32-byte sector read per 2-byte
     value; measured on an H200: ~9 of 49 us at M=1, 8192x28672). Made once per weight and cached on it
-    (``w.cache``): 4 bytes per group and row more memory (0.25 bits per weight at g128)."""
+    (``w.cache``): 4 bytes per tile and row more memory (0.25 bits per weight). PAD_TILES zero tiles a row
+    block: the kernel reads the parameters of a few tiles past the last one unmasked (and scales zero
+    activations with them)."""
     t = w.cache.get("wgmma_params")
     if t is None:
-        n, g = w.out_features, w.groups
+        n, k = w.out_features, w.in_features
+        nt = -(-k // TILE_K)
+        grp = torch.zeros(nt, dtype=torch.long) if w.groups == 1 else torch.arange(nt) * TILE_K // w.group_size
         s = w.scales.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF
         b = w.biases.to(torch.float16).view(torch.int16).to(torch.int32) & 0xFFFF
-        t = (s | (b << 16)).view(n // 64, 64, g).transpose(1, 2).contiguous()
+        p = (s | (b << 16))[:, grp.to(s.device)]  # [N, NT]
+        t = torch.zeros(n // 64, nt + PAD_TILES, 64, dtype=torch.int32, device=s.device)
+        t[:, :nt] = p.view(n // 64, 64, nt).transpose(1, 2)
         w.cache["wgmma_params"] = t
     return t
 
@@ -120,13 +127,16 @@ def tile_shift(bits: int, mantissa: int) -> list[int]:
 
 
 @triton.jit
-def _prep_kernel(x_ptr, scl_ptr, xp_ptr, xs_ptr, M, K, NT, MP, stride_xm, MAGIC, TB: tl.constexpr,
-                 RAW: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
-    """x [M, K] -> xp [M, NT*128]: column k' of tile t = x[t*128 + tile_perm[k']] (0 past K), times ``scl[k'] =
-    2^-f`` with RAW (exact: a power of two); RAW also writes xs [NT, MP, 2] = (sum of the tile's x, MAGIC * sum
-    of its scaled x) in fp32, the terms the kernel's epilogue needs (rows M..MP-1 zero: the kernel reads a
-    column pair's four sums with one unmasked 16-byte load). One program: TB tiles of one row. PDL: let the
-    kernel launched after this one with programmatic dependent launch start now (it waits for our results)."""
+def _prep_kernel(x_ptr, scl_ptr, xp_ptr, xs_ptr, M, K, NT, NTP, stride_xm, MAGIC, BM: tl.constexpr,
+                 SR: tl.constexpr, TB: tl.constexpr, RAW: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
+    """x [M, K] -> xp [MB, NTP, BM, 128]: row m of tile t of row block mb = x[mb * BM + m] in the kernel's k'
+    order: column k' = x[t*128 + tile_perm[k']] (0 past K), times ``scl[k'] = 2^-f`` with RAW (exact: a power of
+    two); RAW also writes xs [MB, NTP, SR, 2] = (sum of the tile's x, MAGIC * sum of its scaled x) in fp32, the
+    terms the kernel's epilogue needs (rows BM..SR-1 unused, never written: a tile is 256 bytes like a tile's
+    parameters). Zero past row M and past tile NT (NTP - NT tiles): the kernel copies
+    tiles unmasked, each a constant stride from the last, and a tile of zeros adds nothing. One program: TB
+    tiles of one row. PDL: let the kernel launched after this one with programmatic dependent launch start now
+    (it waits for our results)."""
     if PDL:
         tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=tl.int32,
                                   is_pure=False, pack=1)  # fmt: skip
@@ -136,36 +146,41 @@ def _prep_kernel(x_ptr, scl_ptr, xp_ptr, xs_ptr, M, K, NT, MP, stride_xm, MAGIC,
     # tile_perm as arithmetic (no dependent table load before the x load): pair T of unit u holds codes 2T, 2T+1
     pt = ((j >> 5) & 1) | ((j >> 4) & 1) << 1 | ((j >> 3) & 1) << 2 | ((j >> 6) & 1) << 3
     k = b[:, None] * 128 + (((j >> 1) & 3) * 32 + 2 * pt + (j & 1))[None, :]
-    bm = ((b < NT) & (b * 0 + m < M))[:, None]  # rows past M (the kernel's padding): zero sums, no xp
+    bm = ((b < NT) & (b * 0 + m < M))[:, None]  # past M or past K: zeros
     x = tl.load(x_ptr + m.to(tl.int64) * stride_xm + k, mask=bm & (k < K), other=0.0)
+    row = ((m // BM).to(tl.int64) * NTP + b) * BM + m % BM  # [TB] rows of xp [MB * NTP * BM, 128]
     if RAW:
         xq = (x.to(tl.float32) * tl.load(scl_ptr + j)[None, :]).to(x.dtype)
-        sums = xs_ptr + (b.to(tl.int64) * MP + m) * 2
-        tl.store(sums, tl.sum(x.to(tl.float32), axis=1), mask=b < NT)
-        tl.store(sums + 1, tl.sum(xq.to(tl.float32), axis=1) * MAGIC, mask=b < NT)
+        srow = ((m // BM).to(tl.int64) * NTP + b) * SR + m % BM  # xs [MB * NTP * SR, 2]
+        tl.store(xs_ptr + srow * 2, tl.sum(x.to(tl.float32), axis=1), mask=b < NTP)
+        tl.store(xs_ptr + srow * 2 + 1, tl.sum(xq.to(tl.float32), axis=1) * MAGIC, mask=b < NTP)
     else:
         xq = x
-    tl.store(xp_ptr + m.to(tl.int64) * NT * 128 + b[:, None] * 128 + j[None, :], xq, mask=bm)
+    tl.store(xp_ptr + row[:, None] * 128 + j[None, :], xq, mask=(b < NTP)[:, None])
 
 
-def prep_activations(x2: torch.Tensor, bits: int, raw: bool = True, rows: int = 0,
+def prep_activations(x2: torch.Tensor, bits: int, raw: bool = True, bm: int = 0,
                      pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
-    """x2 [M, K] -> (xp [M, NT*128] in the kernel's k' order (:func:`tile_perm`), scaled by ``2^-f`` per column
-    when ``raw`` (:func:`tile_shift`), and xs [NT, rows, 2] fp32 = (tile sum of x, magic * tile sum of xp),
-    tile-major, zero past row M (``rows`` >= M: the kernel's padded M; default M)). ``pdl``: the next kernel
-    is launched with programmatic dependent launch and may start while this one runs (GPU only)."""
+    """x2 [M, K] -> (xp [MB, NT + PAD_TILES, bm, 128]: the activations by blocks of ``bm`` rows (the kernel's BM;
+    default M) and tiles of 128 k, each tile in the kernel's k' order (:func:`tile_perm`), scaled by ``2^-f`` per
+    column when ``raw`` (:func:`tile_shift`); xs [MB, NT + PAD_TILES, max(bm, 32), 2] fp32 = (tile sum of x,
+    magic * tile sum of xp) in rows 0..bm-1, the others unused), zero past row M and past tile NT. ``pdl``: the next kernel is launched with programmatic
+    dependent launch and may start while this one runs (GPU only)."""
     m, k = x2.shape
-    mp = max(m, rows)
+    bm = bm or m
+    mb = -(-m // bm)
     nt = -(-k // TILE_K)
-    xp = torch.empty(m, nt * TILE_K, dtype=x2.dtype, device=x2.device)
-    xs = torch.empty(nt, mp, 2, dtype=torch.float32, device=x2.device) if raw else xp
-    mb = MANTISSA.get(x2.dtype, 10)
-    scl = device_table(f"wgmma_scale{mb}", bits, x2.device, lambda b: [2.0**-f for f in tile_shift(b, mb)],
+    ntp = nt + PAD_TILES
+    xp = torch.empty(mb, ntp, bm, TILE_K, dtype=x2.dtype, device=x2.device)
+    sr = max(bm, 32)
+    xs = torch.empty(mb, ntp, sr, 2, dtype=torch.float32, device=x2.device) if raw else xp
+    mant = MANTISSA.get(x2.dtype, 10)
+    scl = device_table(f"wgmma_scale{mant}", bits, x2.device, lambda b: [2.0**-f for f in tile_shift(b, mant)],
                        torch.float32)  # fmt: skip
     tb = 4
     # one warp a program: measured 0.3-0.4 us faster than 4 (H100, M = 1 and 16); PDL is GPU code (inline PTX)
-    _prep_kernel[(triton.cdiv(nt, tb), mp if raw else m)](
-        x2, scl, xp, xs, m, k, nt, mp, x2.stride(0), MAGIC.get(x2.dtype, 1.0), TB=tb, RAW=raw,
+    _prep_kernel[(triton.cdiv(ntp, tb), mb * bm)](
+        x2, scl, xp, xs, m, k, nt, ntp, x2.stride(0), MAGIC.get(x2.dtype, 1.0), BM=bm, SR=sr, TB=tb, RAW=raw,
         PDL=pdl and x2.is_cuda, num_warps=1)  # fmt: skip
     return xp, xs
 

@@ -65,24 +65,28 @@ def _away_from_zero(m, k, dtype):
 @pytest.mark.parametrize("raw", [False, True])
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_prep_activations_match_torch(dtype, raw):
-    """xp = x in the k' order of every tile (times 2^-f per column when raw); xs = (tile sum of x, magic *
-    tile sum of xp) in fp32, tile-major [NT, rows, 2], zero in the padding rows."""
-    m, k, bits = 3, 384, 3
+    """xp [MB, NT + pad, BM, 128]: row block b, tile t = rows b*BM.. of x in the k' order of the tile (times 2^-f
+    per column when raw); xs [MB, NT + pad, max(BM, 32), 2] = (tile sum of x, magic * tile sum of xp) in fp32;
+    zeros past row M and past tile NT."""
+    m, k, bits, bm = 11, 384, 3, 8
     x = _away_from_zero(m, k, dtype)
-    xp, xs = WP.prep_activations(x, bits, raw=raw, rows=8)
+    xp, xs = WP.prep_activations(x, bits, raw=raw, bm=bm)
+    nt, ntp = k // 128, k // 128 + WP.PAD_TILES
+    assert xp.shape == (2, ntp, bm, 128)
     perm = torch.tensor(WP.tile_perm(bits))
-    want = torch.cat([x[:, 128 * t : 128 * (t + 1)][:, perm] for t in range(k // 128)], 1).double()
+    want = torch.zeros(2 * bm, ntp, 128, dtype=torch.float64)  # [padded rows, tiles, k']
+    want[:m, :nt] = x.double().view(m, nt, 128)[:, :, perm]
     if raw:
         shift = torch.tensor(WP.tile_shift(bits, WP.MANTISSA[dtype]), dtype=torch.float64)
-        want = want * (2.0**-shift).repeat(k // 128)
-    assert torch.equal(xp.double(), want)
+        want = want * 2.0**-shift
+    assert torch.equal(xp.double(), want.view(2, bm, ntp, 128).transpose(1, 2))
     if raw:
-        assert xs.shape == (k // 128, 8, 2) and not xs[:, m:].any()
-        sums = xs[:, :m].transpose(0, 1)  # [m, NT, 2]
-        torch.testing.assert_close(sums[..., 0], x.float().view(m, -1, 128).sum(-1), rtol=1e-5, atol=1e-5)
+        assert xs.shape == (2, ntp, 32, 2)
+        sums = xs[:, :, :bm].transpose(1, 2).reshape(2 * bm, ntp, 2)  # [padded rows, tiles, 2]
+        assert not sums[m:].any() and not sums[:, nt:].any()
+        torch.testing.assert_close(sums[:m, :nt, 0], x.float().view(m, nt, 128).sum(-1), rtol=1e-5, atol=1e-5)
         magic = WP.MAGIC[dtype]
-        torch.testing.assert_close(sums[..., 1], magic * want.float().view(m, -1, 128).sum(-1), rtol=1e-5,
-                                   atol=1e-3)  # fmt: skip
+        torch.testing.assert_close(sums[:m, :nt, 1], magic * want[:m, :nt].float().sum(-1), rtol=1e-5, atol=1e-3)
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
@@ -98,35 +102,41 @@ def test_raw_decode_and_epilogue_give_the_product(bits, dtype):
     n, k, m = 64, 384, 2
     w = rand_weight("affine", bits, n, k, 128)
     x = _away_from_zero(m, k, dtype)
-    xp, xs = WP.prep_activations(x, bits)
+    xp, xs = WP.prep_activations(x, bits)  # one row block of m rows
     ku = L.num_units(k)
     words = w.qweight.view(-1)[L.word_offsets(n, bits, ku)].to(torch.int64)  # [n, bits, ku]
     y = torch.zeros(m, n, dtype=torch.float64)  # with the sums in float64: the identity, exact
     y32 = torch.zeros(m, n, dtype=torch.float64)  # with the prep's fp32 sums, as the kernel does
     for t in range(k // 128):
         a = WP.emulate_tile(words[:, :, 4 * t : 4 * t + 4], bits, dtype, raw=True)  # [n, 128]
-        xt = xp[:, 128 * t : 128 * (t + 1)].double()
+        xt = xp[0, t].double()
         d = xt @ a.T  # [m, n]
         s, b = w.scales[:, t].double(), w.biases[:, t].double()
         xsum = x[:, 128 * t : 128 * (t + 1)].double().sum(1, keepdim=True)
         y += s * (d - WP.MAGIC[dtype] * xt.sum(1, keepdim=True)) + b * xsum
-        y32 += s * (d - xs[t, :, 1, None].double()) + b * xs[t, :, 0, None].double()
+        y32 += s * (d - xs[0, t, :m, 1, None].double()) + b * xs[0, t, :m, 0, None].double()
     ref = lut_matmul_f64(x, w)
     assert ((y - ref).norm() / ref.norm()).item() < 1e-12
     # the magic term cancels in fp32 (|magic * sum(xp)| >> |codes . x|): well inside the kernel's 1e-3 bound
     assert ((y32 - ref).norm() / ref.norm()).item() < 3e-5
 
 
-def test_tile_params_are_the_scale_and_bias_bits_tile_major():
+@pytest.mark.parametrize("group_size", [128, 256, -1])
+def test_tile_params_are_the_scale_and_bias_bits_tile_major(group_size):
+    """[N/64, NT + pad, 64]: tile t of row block b holds the s | b << 16 fp16 bits of its group for the 64 rows;
+    zeros in the padding tiles."""
     from .helpers import rand_weight
 
-    w = rand_weight("affine", 3, 128, 384, 128)
+    w = rand_weight("affine", 3, 128, 512, group_size)
     t = WP.tile_params(w)
-    assert t.shape == (2, 3, 64) and t.dtype == torch.int32 and WP.tile_params(w) is t  # cached
-    lo = (t & 0xFFFF).to(torch.int16).view(torch.float16)
-    hi = ((t >> 16) & 0xFFFF).to(torch.int16).view(torch.float16)
-    assert torch.equal(lo, w.scales.view(2, 64, 3).transpose(1, 2))
-    assert torch.equal(hi, w.biases.view(2, 64, 3).transpose(1, 2))
+    nt = 4
+    assert t.shape == (2, nt + WP.PAD_TILES, 64) and t.dtype == torch.int32 and WP.tile_params(w) is t  # cached
+    assert not t[:, nt:].any()
+    lo = (t[:, :nt] & 0xFFFF).to(torch.int16).view(torch.float16)
+    hi = ((t[:, :nt] >> 16) & 0xFFFF).to(torch.int16).view(torch.float16)
+    grp = [min(128 * i // w.group_size, w.groups - 1) for i in range(nt)]  # the group of each tile (explicit)
+    assert torch.equal(lo, w.scales.view(2, 64, -1)[:, :, grp].transpose(1, 2))
+    assert torch.equal(hi, w.biases.view(2, 64, -1)[:, :, grp].transpose(1, 2))
 
 
 def test_supports_needs_a_hopper_gpu_and_whole_tiles():
