@@ -6,7 +6,8 @@
 A variant SPEC is ``bm/bn/warps/stages/split/pdl/maxnreg/fold/module`` (``--v1`` for M <= 8, ``--v16`` above);
 ``module`` names a module under ``memtool.kernels`` with lut_wgmma's ``launch``. To compare with an earlier
 revision, copy it next to the current one (``git show REV:memtool/kernels/lut_wgmma.py >
-memtool/kernels/_ab_old.py``, with its plan module if that changed too) and name ``_ab_old`` in a spec (modules
+memtool/kernels/_ab_old.py``, with its plan module if that changed too, imported from the copy and with another
+``w.cache`` key in its ``tile_params``) and name ``_ab_old`` in a spec (modules
 whose name starts with ``_ab`` get no ``pdl``/``fold`` arguments: older launch signatures). Each variant is
 checked against float64, then timed in a CUDA graph over rotated weight copies (> 3x L2), with cuBLAS fp16 in the
 same run. ``--prep``: time the activation prep alone with other programs/warps (TB tiles a program).

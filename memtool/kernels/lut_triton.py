@@ -583,7 +583,7 @@ def candidates(m: int, n: int, k: int, w: LutWeight, device, wgmma: bool = True,
         # Hopper tensor cores fed from registers (lut_wgmma.py): the best at every M and shape measured on an
         # H200 and an H100 (docs/bench/lut_kernels.md), so the other paths are not timed. The split-K factor
         # matters most (a program count just under what fits on the GPU at once: 4-7 programs per SM, set by
-        # the registers: 72 at M=1 with 3 slots, 96 at M=16 with the cap), so several are timed; ``num_stages``
+        # the registers: 66-72 at M=1 with 3 slots, 96 at M=16 with the cap), so several are timed; ``num_stages``
         # is the raw kernel's slot count (tiles in flight + 1). Each entry: shape, and the "waves" (programs
         # per SM) that suit it.
         bm = min(64, max(8, 1 << (m - 1).bit_length()))

@@ -34,10 +34,12 @@ Memory: each tile's words (BITS x 1 KiB), activations, group parameters and acti
 shared memory by cp.async, two or more tiles ahead, in a ring of separately allocated slots over which the
 loop is unrolled (Triton's barrier analysis cannot tell the stages of one allocation apart and would add
 barriers). The group scales and biases come from a tile-major copy (:func:`tile_params`, 256 contiguous
-bytes per tile), the sums tile-major from the prep. The kernel is launched with programmatic dependent
-launch and requests its first words while the prep still runs. Split-K partials are added by the last
-program of each row block. Measured (docs/bench/lut_kernels.md, 8192x28672, H100, session 5): 3-bit 3.8x /
-3.5x cuBLAS fp16 at M = 1 / 16, 4-bit 3.2x / 3.0x.
+bytes per tile), the activations and their sums tile-major by row blocks from the prep, both padded with zero
+tiles: every source moves a constant stride a tile, nothing is clamped, and the copies of an iteration's slots
+are immediate offsets from one address. The kernel is launched with programmatic dependent launch and
+requests its first words while the prep still runs. Split-K partials are added by the last program of each
+row block. Measured (docs/bench/lut_kernels.md, 8192x28672, session 6): H100 3-bit 3.8x / 3.6x cuBLAS fp16 at
+M = 1 / 16, 4-bit 3.1x / 3.0x; H200 3-bit 3.2x / 2.7x, 4-bit 2.8x / 2.7x.
 
 Only on a CUDA device of compute capability 9.x with a Triton that has Gluon; the dispatcher
 (:mod:`memtool.kernels.lut_triton`) offers it as path ``"wgmma"`` when :func:`supports` says yes. The
@@ -274,9 +276,10 @@ if HAVE_GLUON:
     @gluon.jit
     def _side_params(sb, BN: gl.constexpr, BM: gl.constexpr, MMA: gl.constexpr, SL4: gl.constexpr,
                      WSL: gl.constexpr):  # fmt: skip
-        """A tile's group scale and bias of the rows (fp32) and its two sums per column (16 bytes a column pair), from the slot's side buffer, in the accumulator's row / column layouts
-        (no data movement). Read from shared memory after the wgmma is issued, they hold no registers across
-        the tile (M=1: 80 -> 72 registers; M=16: 96 without spills)."""
+        """A tile's group scale and bias of the rows (fp32) and its two sums per column (16 bytes a column pair),
+        from the slot's side buffer, in the accumulator's row / column layouts (no data movement). Read from
+        shared memory after the wgmma is issued, they hold no registers across the tile (M=1: 80 -> 72
+        registers; M=16: 96 without spills)."""
         NP: gl.constexpr = BN // 4
         L1: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[0])
         pv = sb.slice(0, NP)._reinterpret(gl.int32, [BN], L1).load(gl.SliceLayout(1, MMA))
@@ -324,7 +327,8 @@ if HAVE_GLUON:
         if BM == 4 * NW:
             return gl.DistributedLinearLayout(
                 reg_bases=[[0, 1], [0, 2], [0, 4], [2, 0]], lane_bases=[[0, 8], [0, 16], [0, 32], [0, 64], [1, 0]],
-                warp_bases=[[4 << i, 0] for i in range(NW.bit_length() - 1)], block_bases=[], shape=[BM, 128])  # fmt: skip
+                warp_bases=[[4 << i, 0] for i in range(NW.bit_length() - 1)], block_bases=[],
+                shape=[BM, 128])  # fmt: skip
         return gl.BlockedLayout([1, 8], [2, 16], [NW, 1], [1, 0])
 
     @triton.constexpr_function
@@ -333,7 +337,8 @@ if HAVE_GLUON:
         rows further (one address register a thread for both, as in :func:`_x_layout`)."""
         return gl.DistributedLinearLayout(
             reg_bases=[[0, 1], [0, 2], [32, 0]], lane_bases=[[1, 0], [2, 0], [4, 0], [8, 0], [16, 0]],
-            warp_bases=[[64 << i, 0] for i in range(NW.bit_length() - 1)], block_bases=[], shape=[64 * NW, 4])  # fmt: skip
+            warp_bases=[[64 << i, 0] for i in range(NW.bit_length() - 1)], block_bases=[],
+            shape=[64 * NW, 4])  # fmt: skip
 
     @gluon.jit
     def _gdc_wait():

@@ -93,13 +93,14 @@ def emulate_tile(words: torch.Tensor, bits: int, dtype: torch.dtype, raw: bool =
 
 
 def tile_params(w) -> torch.Tensor:
-    """The affine weight's group scales and biases as tile-major int32 words ``[N/64, NT + PAD_TILES, 64]`` (``s |
-    b << 16``, fp16 bit patterns; those of tile t's group, every group in one tile: 128 * 2^i or per-channel):
-    the 64 rows of a row block share a group per tile, so a tile's parameters are 256 contiguous bytes (the ``[N, G]`` tensors put them G*2 bytes apart: one 32-byte sector read per 2-byte
-    value; measured on an H200: ~9 of 49 us at M=1, 8192x28672). Made once per weight and cached on it
-    (``w.cache``): 4 bytes per tile and row more memory (0.25 bits per weight). PAD_TILES zero tiles a row
-    block: the kernel reads the parameters of a few tiles past the last one unmasked (and scales zero
-    activations with them)."""
+    """The affine weight's group scales and biases as tile-major int32 words ``[N/64, NT + PAD_TILES, 64]``
+    (``s | b << 16``, fp16 bit patterns of tile t's group; every group lies in whole tiles: 128 * 2^i or
+    per-channel): the 64 rows of a row block share a group per tile, so a tile's parameters are 256 contiguous
+    bytes (the ``[N, G]`` tensors put them G*2 bytes apart: one 32-byte sector read per 2-byte value; measured on
+    an H200: ~9 of 49 us at M=1, 8192x28672), and every tile has its own (the kernel's sources move a constant
+    stride a tile). Made once per weight and cached on it (``w.cache``): 4 bytes per tile and row more memory
+    (0.25 bits per weight). PAD_TILES zero tiles a row block: the kernel reads the parameters of a few tiles past
+    the last one unmasked (and scales zero activations with them)."""
     t = w.cache.get("wgmma_params")
     if t is None:
         n, k = w.out_features, w.in_features
@@ -164,8 +165,8 @@ def prep_activations(x2: torch.Tensor, bits: int, raw: bool = True, bm: int = 0,
     """x2 [M, K] -> (xp [MB, NT + PAD_TILES, bm, 128]: the activations by blocks of ``bm`` rows (the kernel's BM;
     default M) and tiles of 128 k, each tile in the kernel's k' order (:func:`tile_perm`), scaled by ``2^-f`` per
     column when ``raw`` (:func:`tile_shift`); xs [MB, NT + PAD_TILES, max(bm, 32), 2] fp32 = (tile sum of x,
-    magic * tile sum of xp) in rows 0..bm-1, the others unused), zero past row M and past tile NT. ``pdl``: the next kernel is launched with programmatic
-    dependent launch and may start while this one runs (GPU only)."""
+    magic * tile sum of xp) in rows 0..bm-1, the others unused), zero past row M and past tile NT. ``pdl``: the
+    next kernel is launched with programmatic dependent launch and may start while this one runs (GPU only)."""
     m, k = x2.shape
     bm = bm or m
     mb = -(-m // bm)
