@@ -134,10 +134,9 @@ def _prep_kernel(x_ptr, scl_ptr, xp_ptr, xs_ptr, M, K, NT, NTP, stride_xm, MAGIC
     order: column k' = x[t*128 + tile_perm[k']] (0 past K), times ``scl[k'] = 2^-f`` with RAW (exact: a power of
     two); RAW also writes xs [MB, NTP, SR, 2] = (sum of the tile's x, MAGIC * sum of its scaled x) in fp32, the
     terms the kernel's epilogue needs (rows BM..SR-1 unused, never written: a tile is 256 bytes like a tile's
-    parameters). Zero past row M and past tile NT (NTP - NT tiles): the kernel copies
-    tiles unmasked, each a constant stride from the last, and a tile of zeros adds nothing. One program: TB
-    tiles of one row. PDL: let the kernel launched after this one with programmatic dependent launch start now
-    (it waits for our results)."""
+    parameters). Zero past row M and past tile NT (NTP - NT tiles): the kernel copies tiles unmasked, each a
+    constant stride from the last, and a tile of zeros adds nothing. One program: TB tiles of one row. PDL: let
+    the kernel launched after this one with programmatic dependent launch start now (it waits for our results)."""
     if PDL:
         tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=tl.int32,
                                   is_pure=False, pack=1)  # fmt: skip
