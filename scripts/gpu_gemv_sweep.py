@@ -20,7 +20,7 @@ import torch
 sys.path.insert(0, os.getcwd())
 
 from memtool.kernels import lut_gemv as LG  # noqa: E402
-from scripts.gpu_lut_bench import cases, graph_time_us  # noqa: E402
+from scripts.gpu_lut_bench import cases, checked_time_us, graph_time_us  # noqa: E402
 
 
 def main():
@@ -59,9 +59,7 @@ def main():
             blocks = -(-n // bn) * m
             split = max(1, min(round(wv * sms / blocks), -(-ku // bu)))
             try:
-                y = LG.launch_affine(x, w, bn, bu, split, nw, st)
-                err = ((y.double() - ref).norm() / ref.norm()).item()
-                t = graph_time_us([lambda W=W: LG.launch_affine(x, W, bn, bu, split, nw, st) for W in cps])
+                err, t = checked_time_us(lambda W: LG.launch_affine(x, W, bn, bu, split, nw, st), w, ref, cps)
             except Exception as e:  # noqa: BLE001
                 print(f"  bn={bn} bu={bu} nw={nw} split={split}: FAIL {e!r}"[:300], flush=True)
                 continue

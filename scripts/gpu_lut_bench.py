@@ -133,6 +133,14 @@ def graph_time_us(fns, reps=1):
     return t * 1000.0 / (len(fns) * reps)
 
 
+def checked_time_us(run, w, ref, cps):
+    """``run(W)`` launches a kernel with weight W: its relative error against ``ref`` (with ``w``), then its time
+    over the rotated copies ``cps`` (graph_time_us)."""
+    y = run(w)
+    err = ((y.double() - ref).norm() / ref.norm()).item()
+    return err, graph_time_us([lambda W=W: run(W) for W in cps])
+
+
 def cublas_fp16_us(x, n, k, l2):
     """cuBLAS fp16 ``F.linear`` time of x [M, K] against rotated random [N, K] weights (graph_time_us)."""
     cps = [torch.randn(n, k, device=x.device, dtype=torch.float16) * 0.02 for _ in range(n_copies(n * k * 2, l2))]

@@ -25,7 +25,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from scripts.gpu_lut_bench import cases, graph_time_us  # noqa: E402
+from scripts.gpu_lut_bench import cases, checked_time_us, graph_time_us  # noqa: E402
 
 DEFAULT = {  # the tuner's first choices on 8192x28672 (H100, session 5)
     1: "8/64/4/3/7/1/0/0/lut_wgmma,8/64/4/3/6/1/0/0/lut_wgmma",
@@ -97,9 +97,7 @@ def main():
             kw = dict(kw)
             bm, bn, split, nw = kw.pop("bm"), kw.pop("bn"), kw.pop("split"), kw.pop("num_warps")
             try:
-                y = mk.launch(x, w, bm, bn, split, nw, **kw)
-                err = ((y.double() - ref).norm() / ref.norm()).item()
-                t = graph_time_us([lambda W=W: mk.launch(x, W, bm, bn, split, nw, **kw) for W in cps])
+                err, t = checked_time_us(lambda W: mk.launch(x, W, bm, bn, split, nw, **kw), w, ref, cps)
             except Exception as e:  # noqa: BLE001
                 print(f"  q{bits} {label}: FAIL {e!r}"[:300], flush=True)
                 continue

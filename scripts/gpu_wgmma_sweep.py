@@ -24,7 +24,7 @@ sys.path.insert(0, os.getcwd())
 from memtool.kernels import lut_triton as LT  # noqa: E402
 from memtool.kernels import lut_wgmma as WG  # noqa: E402
 from memtool.kernels.lut_ref import lut_matmul_f64  # noqa: E402
-from scripts.gpu_lut_bench import cases, graph_time_us, rand_weight  # noqa: E402
+from scripts.gpu_lut_bench import cases, checked_time_us, graph_time_us, rand_weight  # noqa: E402
 
 
 def check(dev):
@@ -118,9 +118,7 @@ def main():
                 for split in splits:
                     kw = {"stages": stg, "fold": fold, "maxnreg": reg}
                     try:
-                        y = WG.launch(x, w, bm, bn, split, nw, **kw)
-                        err = ((y.double() - ref).norm() / ref.norm()).item()
-                        t = graph_time_us([lambda W=W: WG.launch(x, W, bm, bn, split, nw, **kw) for W in cps])
+                        err, t = checked_time_us(lambda W: WG.launch(x, W, bm, bn, split, nw, **kw), w, ref, cps)
                     except Exception as e:  # noqa: BLE001
                         print(f"  bm={bm} bn={bn} nw={nw} split={split}: FAIL {e!r}"[:400], flush=True)
                         continue

@@ -127,6 +127,13 @@ if HAVE_GLUON:
         return r
 
     @gluon.jit
+    def _ring6(dtype: gl.constexpr, shape: gl.constexpr, layout: gl.constexpr):
+        """Six separately allocated shared-memory buffers (the slots of a ring; the kernel uses the first H)."""
+        return (gl.allocate_shared_memory(dtype, shape, layout), gl.allocate_shared_memory(dtype, shape, layout),
+                gl.allocate_shared_memory(dtype, shape, layout), gl.allocate_shared_memory(dtype, shape, layout),
+                gl.allocate_shared_memory(dtype, shape, layout), gl.allocate_shared_memory(dtype, shape, layout))
+
+    @gluon.jit
     def _pair(w0, w1, w2, w3, magic, s2, b2, T: gl.constexpr, PLAN: gl.constexpr, BITS: gl.constexpr,
               BF16: gl.constexpr, FOLD: gl.constexpr):  # fmt: skip
         """Pair T of every (row, unit) of the thread's words -> [R, 4, 2] fp16 / bf16: raw, the magic-number
@@ -376,24 +383,9 @@ if HAVE_GLUON:
         WL: gl.constexpr = _w_layout(NW)
         WSL: gl.constexpr = gl.SwizzledSharedLayout(vec=1, per_phase=1, max_phase=1, order=[1, 0])
         XT: gl.constexpr = xp_ptr.dtype.element_ty
-        x0 = gl.allocate_shared_memory(XT, [BM, 128], XSL)
-        x1 = gl.allocate_shared_memory(XT, [BM, 128], XSL)
-        x2 = gl.allocate_shared_memory(XT, [BM, 128], XSL)
-        x3 = gl.allocate_shared_memory(XT, [BM, 128], XSL)
-        x4 = gl.allocate_shared_memory(XT, [BM, 128], XSL)
-        x5 = gl.allocate_shared_memory(XT, [BM, 128], XSL)
-        v0 = gl.allocate_shared_memory(gl.int32, [4 * BN, 4], WSL)
-        v1 = gl.allocate_shared_memory(gl.int32, [4 * BN, 4], WSL)
-        v2 = gl.allocate_shared_memory(gl.int32, [4 * BN, 4], WSL)
-        v3 = gl.allocate_shared_memory(gl.int32, [4 * BN, 4], WSL)
-        v4 = gl.allocate_shared_memory(gl.int32, [4 * BN, 4], WSL)
-        v5 = gl.allocate_shared_memory(gl.int32, [4 * BN, 4], WSL)
-        s0 = gl.allocate_shared_memory(gl.int32, [32 * NW, 4], WSL)
-        s1 = gl.allocate_shared_memory(gl.int32, [32 * NW, 4], WSL)
-        s2 = gl.allocate_shared_memory(gl.int32, [32 * NW, 4], WSL)
-        s3 = gl.allocate_shared_memory(gl.int32, [32 * NW, 4], WSL)
-        s4 = gl.allocate_shared_memory(gl.int32, [32 * NW, 4], WSL)
-        s5 = gl.allocate_shared_memory(gl.int32, [32 * NW, 4], WSL)
+        x0, x1, x2, x3, x4, x5 = _ring6(XT, [BM, 128], XSL)  # per slot: activations,
+        v0, v1, v2, v3, v4, v5 = _ring6(gl.int32, [4 * BN, 4], WSL)  # words,
+        s0, s1, s2, s3, s4, s5 = _ring6(gl.int32, [32 * NW, 4], WSL)  # parameters and sums
         ssrc, sstep, smask = _side_sources(tp_ptr, xs_ptr, pid_n, pid_m, NT, BN, BM, NW, CL)
         # word sources of one tile, slot row i = plane * BN + row (tile layout: 64-row blocks of 4 units a plane)
         ci = gl.arange(0, 4 * BN, layout=gl.SliceLayout(1, WL))
