@@ -3,7 +3,8 @@
     export PYTHONPATH=$PWD; python scripts/gpu_wgmma_ab.py [--shapes 8192x28672] [--ms 1,16] [--bits 3,4]
         [--v1 SPEC,...] [--v16 SPEC,...] [--prep TB/WARPS,...] [--out DIR]
 
-A variant SPEC is ``bm/bn/warps/stages/split/pdl/maxnreg/fold/module`` (``--v1`` for M <= 8, ``--v16`` above);
+A variant SPEC is ``bm/bn/warps/stages/split/pdl/maxnreg/fold/module`` (``--v1`` for M <= 8, ``--v16`` above;
+``module@alone``: the kernel alone, the prep's results computed once before the timing);
 ``module`` names a module under ``memtool.kernels`` with lut_wgmma's ``launch``. To compare with an earlier
 revision, copy it next to the current one (``git show REV:memtool/kernels/lut_wgmma.py >
 memtool/kernels/_ab_old.py``, with its plan module if that changed too, imported from the copy and with another
@@ -38,11 +39,29 @@ def variants(spec):
     out = []
     for v in spec.split(","):
         bm, bn, nw, st, sp, pdl, reg, fold, mod = v.split("/")
+        alone = mod.endswith("@alone")  # the kernel alone: the prep's results computed once, outside the timing
+        mod = mod.removesuffix("@alone")
         kw = dict(bm=int(bm), bn=int(bn), num_warps=int(nw), stages=int(st), split=int(sp), maxnreg=int(reg))
         if not mod.startswith("_ab"):
             kw.update(pdl=pdl == "1", fold=fold == "1" or None)
-        out.append((v, mod, kw))
+        out.append((v, mod, kw, alone))
     return out
+
+
+PREP: dict = {}  # module -> its own prep_activations
+
+
+def _memo(prep):
+    """prep_activations computing each input's results once (time the kernel alone)."""
+    memo = {}
+
+    def f(x2, bits, pdl=False, **kw):
+        key = (x2.data_ptr(), tuple(x2.shape), bits, tuple(sorted(kw.items())))
+        if key not in memo:
+            memo[key] = prep(x2, bits, **kw)
+        return memo[key]
+
+    return f
 
 
 def time_prep(x, bits, specs):
@@ -89,11 +108,13 @@ def main():
         tp = graph_time_us([lambda: WG.prep_activations(x, bits)] * 8)
         print(f"  q{bits} prep alone {tp:.2f} us", flush=True)
         time_prep(x, bits, a.prep)
-        for label, mod, kw in variants(a.v1 if m <= 8 else a.v16):
+        for label, mod, kw, alone in variants(a.v1 if m <= 8 else a.v16):
             if time.time() - t0 > a.budget:
                 print("budget spent", flush=True)
                 break
             mk = importlib.import_module(f"memtool.kernels.{mod}")
+            mk.prep_activations = _memo(PREP.setdefault(mod, mk.prep_activations)) if alone else PREP.get(
+                mod, mk.prep_activations)  # fmt: skip
             kw = dict(kw)
             bm, bn, split, nw = kw.pop("bm"), kw.pop("bn"), kw.pop("split"), kw.pop("num_warps")
             try:

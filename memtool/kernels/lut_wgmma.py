@@ -247,13 +247,17 @@ if HAVE_GLUON:
                     gl.atomic_xchg(cnt_ptr + cidx, 0)
 
     @gluon.jit
-    def _fill(xb, wb, xit, wit, wmask, C: gl.constexpr, BITS: gl.constexpr, BM: gl.constexpr, X: gl.constexpr,
-              W: gl.constexpr):  # fmt: skip
-        """cp.async the activations (X) and words (W, where ``wmask``) of tile C of the loop iteration whose
-        first tiles are at ``xit`` and ``wit`` into a slot's two buffers (no commit): a constant offset, an
-        immediate of the copy instruction."""
+    def _fill(xb, wb, xit, wit, wmask, xmask, C: gl.constexpr, BITS: gl.constexpr, BM: gl.constexpr,
+              X: gl.constexpr, W: gl.constexpr, XM: gl.constexpr):  # fmt: skip
+        """cp.async the activations (X; XM: only the rows in ``xmask``, i.e. below M: at M=1 one row of the 8
+        of the tile, an eighth of the L2 reads; measured on an H200: 36.7 -> 36.2 us, 3-bit 8192x28672) and words
+        (W, where ``wmask``) of tile C of the loop iteration whose first tiles are at ``xit`` and ``wit`` into a
+        slot's two buffers (no commit): a constant offset, an immediate of the copy instruction."""
         if X:
-            async_copy_global_to_shared(xb, xit + C * (BM * 128))
+            if XM:
+                async_copy_global_to_shared(xb, xit + C * (BM * 128), mask=xmask)
+            else:
+                async_copy_global_to_shared(xb, xit + C * (BM * 128))
         if W:
             async_copy_global_to_shared(wb, wit + C * (BITS * 256), mask=wmask)
 
@@ -316,14 +320,17 @@ if HAVE_GLUON:
     @gluon.jit
     def _coords(xp_ptr, pid_n, pid_m, M, NTP, BN: gl.constexpr, BM: gl.constexpr, MMA: gl.constexpr,
                 XL: gl.constexpr):  # fmt: skip
-        """The program's output rows and activation rows (accumulator layout), and the sources of its [BM, 128]
-        activation tile (tile 0 of row block pid_m of the prep's [MB, NTP, BM, 128]; zero rows past M: no mask)."""
+        """The program's output rows and activation rows (accumulator layout), the sources of its [BM, 128]
+        activation tile (tile 0 of row block pid_m of the prep's [MB, NTP, BM, 128]) and the mask of its rows
+        below M (the prep's rows past M are zeros, so copying them is optional: column m of the product depends
+        only on row m of the tile, and the columns past M are never stored)."""
         rows = pid_n * BN + gl.arange(0, BN, layout=gl.SliceLayout(1, MMA))
         ms = pid_m * BM + gl.arange(0, BM, layout=gl.SliceLayout(0, MMA))
         xm = gl.arange(0, BM, layout=gl.SliceLayout(1, XL))
         xk = gl.arange(0, 128, layout=gl.SliceLayout(0, XL))
         xb = xp_ptr + pid_m.to(gl.int64) * NTP * (BM * 128)
-        return rows, ms, ms < M, xb + xm[:, None] * 128 + xk[None, :]
+        xmask = (xm < M - pid_m * BM)[:, None] & (xk < 128)[None, :]
+        return rows, ms, ms < M, xb + xm[:, None] * 128 + xk[None, :], xmask
 
     @triton.constexpr_function
     def _x_layout(BM, NW):
@@ -357,7 +364,7 @@ if HAVE_GLUON:
     def _raw_kernel(xp_ptr, xs_ptr, q_ptr, tp_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, KU, NT, TPS,
                     NSPLIT, magic, BITS: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr, PLAN: gl.constexpr,
                     BF16: gl.constexpr, NW: gl.constexpr, H: gl.constexpr, SPLIT: gl.constexpr,
-                    SL4: gl.constexpr, PDL: gl.constexpr):  # fmt: skip
+                    SL4: gl.constexpr, PDL: gl.constexpr, XM: gl.constexpr):  # fmt: skip
         """Program (BN = 16 * NW rows, K-range of TPS tiles, BM activation rows): y^T = W x^T on the tensor
         cores; A = raw decoded codes in registers, B = the prepped activation tile in shared memory.
 
@@ -394,7 +401,7 @@ if HAVE_GLUON:
         woff = (ci // BN) * 256 + (cr // 64) * (64 * BITS) * KU + (cr % 64) * 4
         wsrc = q_ptr + (pid_n * BN).to(gl.int64) * (BITS * KU) + woff[:, None] + cu[None, :]
         wmask = (ci < BITS * BN)[:, None] & (cu < 4)[None, :]
-        rows, ms, mmask, xrow = _coords(xp_ptr, pid_n, pid_m, M, NT + PADT, BN, BM, MMA, XL)
+        rows, ms, mmask, xrow, xmask = _coords(xp_ptr, pid_n, pid_m, M, NT + PADT, BN, BM, MMA, XL)
         acc = gl.zeros([BN, BM], gl.float32, MMA)
         zero = gl.zeros([BN, BM], gl.float32, MMA)
         t_beg = pid_s * TPS
@@ -407,12 +414,12 @@ if HAVE_GLUON:
         sit = ssrc + t_beg * sstep
         if PDL:  # the words do not depend on the prep: request the first slots' before waiting for it
             for hh in gl.static_range(H - 1):
-                _fill(x0, _sel6(v0, v1, v2, v3, v4, v5, hh), xit, wit, wmask & (t_beg + hh < t_end), hh, BITS, BM,
-                      False, True)  # fmt: skip
+                _fill(x0, _sel6(v0, v1, v2, v3, v4, v5, hh), xit, wit, wmask & (t_beg + hh < t_end), xmask, hh,
+                      BITS, BM, False, True, XM)  # fmt: skip
             _gdc_wait()
         for hh in gl.static_range(H - 1):  # prologue: the first H - 1 slots
             _fill(_sel6(x0, x1, x2, x3, x4, x5, hh), _sel6(v0, v1, v2, v3, v4, v5, hh), xit, wit,
-                  wmask & (t_beg + hh < t_end), hh, BITS, BM, True, not PDL)  # fmt: skip
+                  wmask & (t_beg + hh < t_end), xmask, hh, BITS, BM, True, not PDL, XM)  # fmt: skip
             async_copy_global_to_shared(_sel6(s0, s1, s2, s3, s4, s5, hh), sit + hh * sstep, mask=smask)
             commit_group()
         for t in range(t_beg, t_end, H):
@@ -422,7 +429,7 @@ if HAVE_GLUON:
                 gl.thread_barrier()  # everyone's have, and every warp is done with the previous tile's slot
                 fence_async_shared()  # after the barrier: a barrier right after the wait (none added by Triton)
                 _fill(_sel6(x0, x1, x2, x3, x4, x5, (h + H - 1) % H), _sel6(v0, v1, v2, v3, v4, v5, (h + H - 1) % H),
-                      xit, wit, wmask & (t + h + H - 1 < t_end), h + H - 1, BITS, BM, True, True)  # fmt: skip
+                      xit, wit, wmask & (t + h + H - 1 < t_end), xmask, h + H - 1, BITS, BM, True, True, XM)  # fmt: skip
                 async_copy_global_to_shared(_sel6(s0, s1, s2, s3, s4, s5, (h + H - 1) % H), sit + (h + H - 1) * sstep,
                                             mask=smask)  # fmt: skip
                 commit_group()
@@ -465,7 +472,7 @@ if HAVE_GLUON:
         woff = ((r // 64) * (64 * BITS) * KU + (r % 64) * 4)[:, None] + u[None, :]
         prow = (pid_n * (BN // 64) + r // 64) * ((NT + PADT) * 64) + r % 64  # tile-major parameter words (tile 0)
         qb = q_ptr + (pid_n * BN).to(gl.int64) * (BITS * KU)
-        rows, ms, mmask, xrow = _coords(xp_ptr, pid_n, pid_m, M, NT + PADT, BN, BM, MMA, XL)
+        rows, ms, mmask, xrow, xmask = _coords(xp_ptr, pid_n, pid_m, M, NT + PADT, BN, BM, MMA, XL)
         acc = gl.zeros([BN, BM], gl.float32, MMA)
         t_beg = pid_s * TPS
         t_end = gl.minimum(t_beg + TPS, NT)
@@ -562,7 +569,7 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
     if fold:
         kern = _fold_kernel[grid](xp, *args, RB=row_bases(bn, num_warps), STAGES=max(2, stages), **meta)
     else:
-        raw = dict(H=halves, SL4=sums_layout(bm, num_warps), **meta)
+        raw = dict(H=halves, SL4=sums_layout(bm, num_warps), XM=m % bm != 0, **meta)
         try:
             kern = _raw_kernel[grid](xp, xs, *args, PDL=pdl, **raw, **({"launch_pdl": True} if pdl else {}))
         except RuntimeError:  # a driver that cannot launch it programmatically: plain stream order from now on
