@@ -429,7 +429,8 @@ if HAVE_GLUON:
                 gl.thread_barrier()  # everyone's have, and every warp is done with the previous tile's slot
                 fence_async_shared()  # after the barrier: a barrier right after the wait (none added by Triton)
                 _fill(_sel6(x0, x1, x2, x3, x4, x5, (h + H - 1) % H), _sel6(v0, v1, v2, v3, v4, v5, (h + H - 1) % H),
-                      xit, wit, wmask & (t + h + H - 1 < t_end), xmask, h + H - 1, BITS, BM, True, True, XM)  # fmt: skip
+                      xit, wit, wmask & (t + h + H - 1 < t_end), xmask, h + H - 1, BITS, BM, True, True,
+                      XM)  # fmt: skip
                 async_copy_global_to_shared(_sel6(s0, s1, s2, s3, s4, s5, (h + H - 1) % H), sit + (h + H - 1) * sstep,
                                             mask=smask)  # fmt: skip
                 commit_group()
@@ -472,7 +473,7 @@ if HAVE_GLUON:
         woff = ((r // 64) * (64 * BITS) * KU + (r % 64) * 4)[:, None] + u[None, :]
         prow = (pid_n * (BN // 64) + r // 64) * ((NT + PADT) * 64) + r % 64  # tile-major parameter words (tile 0)
         qb = q_ptr + (pid_n * BN).to(gl.int64) * (BITS * KU)
-        rows, ms, mmask, xrow, xmask = _coords(xp_ptr, pid_n, pid_m, M, NT + PADT, BN, BM, MMA, XL)
+        rows, ms, mmask, xrow, _ = _coords(xp_ptr, pid_n, pid_m, M, NT + PADT, BN, BM, MMA, XL)
         acc = gl.zeros([BN, BM], gl.float32, MMA)
         t_beg = pid_s * TPS
         t_end = gl.minimum(t_beg + TPS, NT)
