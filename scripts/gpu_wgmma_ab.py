@@ -65,23 +65,14 @@ def _memo(prep):
 
 
 def time_prep(x, bits, specs):
-    """The activation prep alone, with TB tiles and WARPS warps a program."""
+    """The activation prep alone, with TB tiles and WARPS warps a program (the kernel's BM for this M)."""
     from memtool.kernels import lut_wgmma_plan as WP
 
-    m, k = x.shape
-    nt = k // 128
-    ntp, bm = nt + WP.PAD_TILES, 16 * -(-m // 16)
+    bm = min(64, max(8, 1 << (x.shape[0] - 1).bit_length()))
     for pv in filter(None, specs.split(",")):
         tb, pw = (int(u) for u in pv.split("/"))
-        xp = torch.empty(1, ntp, bm, 128, dtype=x.dtype, device=x.device)
-        xs = torch.empty(1, ntp, max(bm, 32), 2, dtype=torch.float32, device=x.device)
-        scl = torch.ones(128, device=x.device)
-
-        def fn(tb=tb, pw=pw, xp=xp, xs=xs, scl=scl):
-            WP._prep_kernel[(-(-ntp // tb), bm)](x, scl, xp, xs, m, k, nt, ntp, x.stride(0), 1024.0, BM=bm,
-                                                 SR=max(bm, 32), TB=tb, RAW=True, PDL=False, num_warps=pw)  # fmt: skip
-
-        print(f"  q{bits} prep TB={tb} warps={pw}: {graph_time_us([fn] * 8):.2f} us", flush=True)
+        t = graph_time_us([lambda: WP.prep_activations(x, bits, bm=bm, tb=tb, num_warps=pw)] * 8)
+        print(f"  q{bits} prep TB={tb} warps={pw}: {t:.2f} us", flush=True)
 
 
 def main():

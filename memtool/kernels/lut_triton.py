@@ -597,8 +597,8 @@ def candidates(m: int, n: int, k: int, w: LutWeight, device, wgmma: bool = True,
                       ((128, 8, 3, 0), (3.0, 2.0)))  # fmt: skip
         for (bn, nw, st, reg), waves in shapes:
             blocks = n // bn * -(-m // bm)
-            for wv in dict.fromkeys(_split_for(blocks, ku // 4, 1, sms, wv) for wv in waves):
-                out.append(Config("wgmma", bm, bn, 4, wv, nw, st, reg))
+            for split in dict.fromkeys(_split_for(blocks, ku // 4, 1, sms, wv) for wv in waves):
+                out.append(Config("wgmma", bm, bn, 4, split, nw, st, reg))
         if os.environ.get("MEMTOOL_LUT_ALL_PATHS", "0") != "1":
             return out
     if w.kind == "affine" and m <= 8:

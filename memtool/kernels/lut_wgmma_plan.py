@@ -159,13 +159,15 @@ def _prep_kernel(x_ptr, scl_ptr, xp_ptr, xs_ptr, M, K, NT, NTP, stride_xm, MAGIC
     tl.store(xp_ptr + row[:, None] * 128 + j[None, :], xq, mask=(b < NTP)[:, None])
 
 
-def prep_activations(x2: torch.Tensor, bits: int, raw: bool = True, bm: int = 0,
-                     pdl: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+def prep_activations(x2: torch.Tensor, bits: int, raw: bool = True, bm: int = 0, pdl: bool = False, tb: int = 4,
+                     num_warps: int = 1) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """x2 [M, K] -> (xp [MB, NT + PAD_TILES, bm, 128]: the activations by blocks of ``bm`` rows (the kernel's BM;
     default M) and tiles of 128 k, each tile in the kernel's k' order (:func:`tile_perm`), scaled by ``2^-f`` per
     column when ``raw`` (:func:`tile_shift`); xs [MB, NT + PAD_TILES, max(bm, 32), 2] fp32 = (tile sum of x,
     magic * tile sum of xp) in rows 0..bm-1, the others unused), zero past row M and past tile NT. ``pdl``: the
-    next kernel is launched with programmatic dependent launch and may start while this one runs (GPU only)."""
+    next kernel is launched with programmatic dependent launch and may start while this one runs (GPU only).
+    ``tb`` tiles of one row a program, ``num_warps`` warps (one warp: measured 0.3-0.4 us faster than 4 on an H100,
+    M = 1 and 16; 4 tiles: faster than 2, 8 or 16)."""
     m, k = x2.shape
     bm = bm or m
     mb = -(-m // bm)
@@ -177,11 +179,9 @@ def prep_activations(x2: torch.Tensor, bits: int, raw: bool = True, bm: int = 0,
     mant = MANTISSA.get(x2.dtype, 10)
     scl = device_table(f"wgmma_scale{mant}", bits, x2.device, lambda b: [2.0**-f for f in tile_shift(b, mant)],
                        torch.float32)  # fmt: skip
-    tb = 4
-    # one warp a program: measured 0.3-0.4 us faster than 4 (H100, M = 1 and 16); PDL is GPU code (inline PTX)
-    _prep_kernel[(triton.cdiv(ntp, tb), mb * bm)](
+    _prep_kernel[(triton.cdiv(ntp, tb), mb * bm)](  # PDL is GPU code (inline PTX)
         x2, scl, xp, xs, m, k, nt, ntp, x2.stride(0), MAGIC.get(x2.dtype, 1.0), BM=bm, SR=sr, TB=tb, RAW=raw,
-        PDL=pdl and x2.is_cuda, num_warps=1)  # fmt: skip
+        PDL=pdl and x2.is_cuda, num_warps=num_warps)  # fmt: skip
     return xp, xs
 
 
