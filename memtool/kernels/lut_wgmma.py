@@ -266,11 +266,12 @@ if HAVE_GLUON:
                       CL: gl.constexpr):  # fmt: skip
         """A tile's group parameters (BN ``s | b << 16`` words, :func:`tile_params`) and activation sums (BM
         columns x (sum, magic * sum) fp32, :func:`prep_activations`) come by cp.async with its words, into a
-        [32 * NW, 4] int32 side buffer of the slot, one 16-byte row per thread: rows 0..BN/4-1 the parameters (4
-        rows of one row block a chunk), BM/2 rows from max(BN/4, BM/2) on the sums, the rest masked. Returns each
+        [_side_rows(BN, BM), 4] int32 side buffer of the slot, one 16-byte row a thread (the threads past its rows,
+        copies of the first ones, issue nothing): rows 0..BN/4-1 the parameters (4 rows of one row block a chunk),
+        BM/2 rows from max(BN/4, BM/2) on the sums, the rest masked. Returns each
         thread's source of tile 0, how far it moves a tile (int32 words: 64 for both up to BM = 32, so that the
         slots of an iteration differ by immediates) and the mask."""
-        r = gl.arange(0, 32 * NW, layout=gl.SliceLayout(1, CL))
+        r = gl.arange(0, _side_rows(BN, BM), layout=gl.SliceLayout(1, CL))
         c = gl.arange(0, 4, layout=gl.SliceLayout(0, CL))
         NP: gl.constexpr = BN // 4
         SO: gl.constexpr = max(NP, BM // 2)  # the sums' first row (a shared-memory slice starts at a multiple
@@ -333,6 +334,13 @@ if HAVE_GLUON:
         return rows, ms, ms < M, xb + xm[:, None] * 128 + xk[None, :], xmask
 
     @triton.constexpr_function
+    def _side_rows(BN, BM):
+        """Rows of 16 bytes in a slot's side buffer: BN/4 of parameters, then BM/2 of sums from max(BN/4, BM/2) on
+        (a power of two: 512 bytes for 64 rows up to BM = 32; sized for the threads, 2 KiB, it cost a slot's worth
+        of shared memory every 4 slots)."""
+        return triton.next_power_of_2(max(BN // 4, BM // 2) + BM // 2)
+
+    @triton.constexpr_function
     def _x_layout(BM, NW):
         """Copy layout of a [BM, 128] activation tile, 16 bytes a copy, each warp's copy 512 contiguous bytes.
         BM = 4 * NW (two copies a thread): a warp copies rows 4w..4w+3 (rows +2 the second time), so that a
@@ -392,7 +400,7 @@ if HAVE_GLUON:
         XT: gl.constexpr = xp_ptr.dtype.element_ty
         x0, x1, x2, x3, x4, x5 = _ring6(XT, [BM, 128], XSL)  # per slot: activations,
         v0, v1, v2, v3, v4, v5 = _ring6(gl.int32, [4 * BN, 4], WSL)  # words,
-        s0, s1, s2, s3, s4, s5 = _ring6(gl.int32, [32 * NW, 4], WSL)  # parameters and sums
+        s0, s1, s2, s3, s4, s5 = _ring6(gl.int32, [_side_rows(BN, BM), 4], WSL)  # parameters and sums
         ssrc, sstep, smask = _side_sources(tp_ptr, xs_ptr, pid_n, pid_m, NT, BN, BM, NW, CL)
         # word sources of one tile, slot row i = plane * BN + row (tile layout: 64-row blocks of 4 units a plane)
         ci = gl.arange(0, 4 * BN, layout=gl.SliceLayout(1, WL))
