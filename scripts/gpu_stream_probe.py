@@ -58,7 +58,7 @@ def probe(bufs, words, sms, per_sm, block, warps, strided):
     if strided:
         fns = [lambda b=b: _read_strided[(nprog,)](b, out, words, nprog, BLOCK=block, num_warps=warps) for b in bufs]
     else:
-        per = -(-(-(-words // nprog)) // block) * block
+        per = triton.cdiv(triton.cdiv(words, nprog), block) * block  # words a program, whole steps
         fns = [lambda b=b: _read_range[(nprog,)](b, out, words, per, BLOCK=block, num_warps=warps) for b in bufs]
     return graph_time_us(fns)
 

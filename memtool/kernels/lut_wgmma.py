@@ -266,11 +266,11 @@ if HAVE_GLUON:
                       CL: gl.constexpr):  # fmt: skip
         """A tile's group parameters (BN ``s | b << 16`` words, :func:`tile_params`) and activation sums (BM
         columns x (sum, magic * sum) fp32, :func:`prep_activations`) come by cp.async with its words, into a
-        [_side_rows(BN, BM), 4] int32 side buffer of the slot, one 16-byte row a thread (the threads past its rows,
-        copies of the first ones, issue nothing): rows 0..BN/4-1 the parameters (4 rows of one row block a chunk),
-        BM/2 rows from max(BN/4, BM/2) on the sums, the rest masked. Returns each
-        thread's source of tile 0, how far it moves a tile (int32 words: 64 for both up to BM = 32, so that the
-        slots of an iteration differ by immediates) and the mask."""
+        [_side_rows(BN, BM), 4] int32 side buffer of the slot, one 16-byte row a thread (threads past its rows hold
+        copies of the first ones and issue nothing): rows 0..BN/4-1 the parameters (4 rows of one row block a
+        chunk), BM/2 rows from max(BN/4, BM/2) on the sums, the rest masked. Returns each thread's source of tile 0,
+        how far it moves a tile (int32 words: 64 for both up to BM = 32, so that the slots of an iteration differ by
+        immediates) and the mask."""
         r = gl.arange(0, _side_rows(BN, BM), layout=gl.SliceLayout(1, CL))
         c = gl.arange(0, 4, layout=gl.SliceLayout(0, CL))
         NP: gl.constexpr = BN // 4
@@ -335,9 +335,8 @@ if HAVE_GLUON:
 
     @triton.constexpr_function
     def _side_rows(BN, BM):
-        """Rows of 16 bytes in a slot's side buffer: BN/4 of parameters, then BM/2 of sums from max(BN/4, BM/2) on
-        (a power of two: 512 bytes for 64 rows up to BM = 32; sized for the threads, 2 KiB, it cost a slot's worth
-        of shared memory every 4 slots)."""
+        """Rows of 16 bytes in a slot's side buffer: BN/4 of parameters, then BM/2 of sums from max(BN/4, BM/2) on,
+        rounded up to a power of two (512 bytes for 64 rows up to BM = 32)."""
         return triton.next_power_of_2(max(BN // 4, BM // 2) + BM // 2)
 
     @triton.constexpr_function
