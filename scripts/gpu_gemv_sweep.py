@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import os
 import sys
 import time
@@ -20,7 +19,7 @@ import torch
 sys.path.insert(0, os.getcwd())
 
 from memtool.kernels import lut_gemv as LG  # noqa: E402
-from scripts.gpu_lut_bench import cases, checked_time_us, graph_time_us  # noqa: E402
+from scripts.gpu_lut_bench import cases, checked_time_us, graph_time_us, save_json  # noqa: E402
 
 
 def main():
@@ -75,9 +74,7 @@ def main():
                   f"(bn={best['bn']} bu={best['bu']} nw={best['nw']} st={best['st']} split={best['split']})", flush=True)
         del cps
         torch.cuda.empty_cache()
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "gemv_sweep.json"), "w") as f:
-        json.dump({"device": props.name, "rows": res}, f, indent=1)
+    save_json(a.out, "gemv_sweep.json", {"device": props.name, "rows": res})
     print(f"done in {time.time() - t0:.0f}s")
 
 

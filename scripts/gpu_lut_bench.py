@@ -160,6 +160,13 @@ def copy_bandwidth():
     return 2 * a.numel() * 4 / (t * 1e-3)
 
 
+def save_json(out_dir, name, payload):
+    """Write a script's results as OUT_DIR/NAME (the device tool brings $OUT back)."""
+    os.makedirs(out_dir, exist_ok=True)
+    with open(os.path.join(out_dir, name), "w") as f:
+        json.dump(payload, f, indent=1)
+
+
 def n_copies(nbytes, l2):
     return int(min(64, max(2, math.ceil(3 * l2 / max(nbytes, 1)))))
 

@@ -15,7 +15,6 @@ floor this gives for the LUT kernel: its bytes at the best probe's rate, plus th
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 
@@ -24,7 +23,7 @@ import triton
 import triton.language as tl
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from scripts.gpu_lut_bench import graph_time_us, n_copies  # noqa: E402
+from scripts.gpu_lut_bench import graph_time_us, n_copies, save_json  # noqa: E402
 
 
 @triton.jit
@@ -85,9 +84,9 @@ def main():
     rows = []
     for mb in (float(v) for v in a.mb.split(",")):
         words = int(mb * 1e6) // 4
-        bufs = [torch.randint(0, 2**30, (words,), dtype=torch.int32, device=dev) for _ in range(n_copies(words * 4, l2))]
-        tsum = graph_time_us([lambda b=b: b.sum() for b in bufs])
-        print(f"{mb:.0f} MB: torch sum {tsum:.1f} us ({words * 4 / tsum / 1e6:.2f} TB/s)", flush=True)
+        ncp = n_copies(words * 4, l2)
+        bufs = [torch.randint(0, 2**30, (words,), dtype=torch.int32, device=dev) for _ in range(ncp)]
+        print(f"{mb:.0f} MB ({ncp} copies):", flush=True)
         for strided in (False, True):
             for per_sm in (int(v) for v in a.per_sm.split(",")):
                 for block in (int(v) for v in a.blocks.split(",")):
@@ -104,9 +103,7 @@ def main():
               f"at M=1 ({best})", flush=True)  # fmt: skip
         del bufs
         torch.cuda.empty_cache()
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "stream_probe.json"), "w") as f:
-        json.dump({"device": props.name, "fp16_us": t16, "rows": rows}, f, indent=1)
+    save_json(a.out, "stream_probe.json", {"device": props.name, "fp16_us": t16, "rows": rows})
 
 
 if __name__ == "__main__":

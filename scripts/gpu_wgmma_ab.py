@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import time
@@ -26,7 +25,7 @@ import time
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from scripts.gpu_lut_bench import cases, checked_time_us, graph_time_us  # noqa: E402
+from scripts.gpu_lut_bench import cases, checked_time_us, graph_time_us, save_json  # noqa: E402
 
 DEFAULT = {  # the tuner's first choices on 8192x28672 (H100, session 5)
     1: "8/64/4/3/7/1/0/0/lut_wgmma,8/64/4/3/6/1/0/0/lut_wgmma",
@@ -121,9 +120,7 @@ def main():
             importlib.import_module(f"memtool.kernels.{mod}").prep_activations = prep
         del cps
         torch.cuda.empty_cache()
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "ab.json"), "w") as f:
-        json.dump({"device": props.name, "rows": rows}, f, indent=1)
+    save_json(a.out, "ab.json", {"device": props.name, "rows": rows})
     print(f"done in {time.time() - t0:.0f}s")
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 import time
@@ -24,7 +23,7 @@ sys.path.insert(0, os.getcwd())
 from memtool.kernels import lut_triton as LT  # noqa: E402
 from memtool.kernels import lut_wgmma as WG  # noqa: E402
 from memtool.kernels.lut_ref import lut_matmul_f64  # noqa: E402
-from scripts.gpu_lut_bench import cases, checked_time_us, graph_time_us, rand_weight  # noqa: E402
+from scripts.gpu_lut_bench import cases, checked_time_us, graph_time_us, rand_weight, save_json  # noqa: E402
 
 
 def check(dev):
@@ -141,9 +140,7 @@ def main():
                   f"{td if td is None else round(td, 1)} us", flush=True)  # fmt: skip
         del cps
         torch.cuda.empty_cache()
-    os.makedirs(a.out, exist_ok=True)
-    with open(os.path.join(a.out, "wgmma_sweep.json"), "w") as f:
-        json.dump({"device": props.name, "check_failures": bad, "rows": res}, f, indent=1)
+    save_json(a.out, "wgmma_sweep.json", {"device": props.name, "check_failures": bad, "rows": res})
     print(f"done in {time.time() - t0:.0f}s")
 
 
