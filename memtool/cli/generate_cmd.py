@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Optional
 
 import typer
 
@@ -46,6 +46,9 @@ def register(app: typer.Typer) -> None:
         temperature: Annotated[float, typer.Option(help="0 = greedy; > 0 samples.")] = 0.0,
         top_p: Annotated[float, typer.Option(help="Nucleus sampling mass (with --temperature > 0).")] = 1.0,
         seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+        fuse: Annotated[Optional[bool], typer.Option(
+            "--fuse/--no-fuse", help="Compute q/k/v and gate/up LUT layers as one kernel each (default: on CUDA).",
+            show_default=False)] = None,  # fmt: skip
         device: DeviceOpt = "cpu",
         dtype: DtypeOpt = "float32",
         allow_pickle: AllowPickleOpt = False,
@@ -68,10 +71,15 @@ def register(app: typer.Typer) -> None:
             ref = resolve(model, allow_pickle=allow_pickle, progress=progress)
             tok = load_tokenizer(ref, trust_remote_code)
             m = load_model(ref, dtype=dt, device=device, trust_remote_code=trust_remote_code)
+            fused = []
+            if fuse or (fuse is None and device.startswith("cuda")):
+                from memtool.compress.fuse import fuse_lut_projections
+
+                fused = fuse_lut_projections(m)
             res = generate_text(m, tok, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
                                 top_p=top_p, seed=seed, device=device)
             meta = {"model": model, "artifact": ref.is_artifact, "device": device, "dtype": dtype,
-                    "prompt": prompt, "text": res["text"]}
+                    "prompt": prompt, "text": res["text"], "fused_groups": len(fused)}
             row = {k: res[k] for k in ("prompt_tokens", "new_tokens", "seconds", "tokens_per_s")}
             return Result("memtool generate", rows=[row], meta=meta)
 

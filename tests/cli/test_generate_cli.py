@@ -23,3 +23,16 @@ def test_generate_plain_and_artifact(tiny_llama_dir, tmp_path):
     assert res["art"]["artifact"] and not res["plain"]["artifact"]
     r = runner.invoke(app, ["generate", str(art), "--prompt", "Hi", "--max-new-tokens", "0"])
     assert r.exit_code == 2 and "at least 1" in r.stderr
+
+
+def test_generate_fused_projections(tiny_llama_dir, tmp_path):
+    art = tmp_path / "a4"
+    quantize_model(str(tiny_llama_dir), art, QuantizeSpec(bits=4, group_size=32))
+    out = {}
+    for flag in ("--fuse", "--no-fuse"):
+        args = ["generate", str(art), "--prompt", "Hello", "--max-new-tokens", "5", flag, "--json", "-q"]
+        r = runner.invoke(app, args)
+        assert r.exit_code == 0, r.output
+        out[flag] = json.loads(r.stdout)
+    assert out["--fuse"]["fused_groups"] > 0 and out["--no-fuse"]["fused_groups"] == 0
+    assert out["--fuse"]["text"] == out["--no-fuse"]["text"]  # greedy, same weights: the same continuation
