@@ -22,7 +22,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from memtool.compress.modules import LutLinear
+from memtool.compress.modules import LutLinear, _version
 
 GROUPS = (("q_proj", "k_proj", "v_proj"), ("gate_proj", "up_proj"))
 
@@ -54,14 +54,6 @@ class FusedLutLinear(nn.Module):
 
     def extra_repr(self) -> str:
         return f"sizes={self.sizes}"
-
-
-def _version(x: torch.Tensor) -> int:
-    """x's in-place version counter (inference-mode tensors have none: -1)."""
-    try:
-        return x._version
-    except RuntimeError:
-        return -1
 
 
 class LutSlice(nn.Module):
