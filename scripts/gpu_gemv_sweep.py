@@ -71,7 +71,8 @@ def main():
                   f"{r['tbps']:.2f} TB/s err={err:.1e}", flush=True)  # fmt: skip
         if best:
             print(f"BEST {n}x{k} m={m} q{bits}: {best['us']:.1f} us {best['speedup']:.2f}x fp16 "
-                  f"(bn={best['bn']} bu={best['bu']} nw={best['nw']} st={best['st']} split={best['split']})", flush=True)
+                  f"(bn={best['bn']} bu={best['bu']} nw={best['nw']} st={best['st']} split={best['split']})",
+                  flush=True)  # fmt: skip
         del cps
         torch.cuda.empty_cache()
     save_json(a.out, "gemv_sweep.json", {"device": props.name, "rows": res})

@@ -35,15 +35,13 @@ class FusedLutLinear(nn.Module):
         self.sizes = [m.out_features for m in members]
         self.offsets = [sum(self.sizes[:i]) for i in range(len(self.sizes))]
         self.linear = _concat(members)
-        self._x = None  # the input of the pending product, its version, the product, the parts still to take
-        self._version = -2
-        self._y = None
-        self._left = 0
+        self._x = self._y = None  # the input of the pending product and the product
+        self._version = self._left = 0  # the input's version then, the parts still to take
 
     def part(self, i: int, x: torch.Tensor) -> torch.Tensor:
         """Member i's output for input x (computes the fused product when x is not the pending one's input)."""
         ver = _version(x)
-        if self._x is not x or self._version != ver or self._left <= 0:
+        if self._x is not x or self._version != ver:  # (_x is None once every member took its part)
             self._y = self.linear(x)
             self._x, self._version, self._left = x, ver, len(self.sizes)
         y = self._y[..., self.offsets[i]:self.offsets[i] + self.sizes[i]]

@@ -262,8 +262,7 @@ if HAVE_GLUON:
             async_copy_global_to_shared(wb, wit + C * (BITS * 256), mask=wmask)
 
     @gluon.jit
-    def _side_sources(tp_ptr, xs_ptr, pid_n, pid_m, NT, BN: gl.constexpr, BM: gl.constexpr, NW: gl.constexpr,
-                      CL: gl.constexpr):  # fmt: skip
+    def _side_sources(tp_ptr, xs_ptr, pid_n, pid_m, NT, BN: gl.constexpr, BM: gl.constexpr, CL: gl.constexpr):
         """A tile's group parameters (BN ``s | b << 16`` words, :func:`tile_params`) and activation sums (BM
         columns x (sum, magic * sum) fp32, :func:`prep_activations`) come by cp.async with its words, into a
         [_side_rows(BN, BM), 4] int32 side buffer of the slot, one 16-byte row a thread (threads past its rows hold
@@ -400,7 +399,7 @@ if HAVE_GLUON:
         x0, x1, x2, x3, x4, x5 = _ring6(XT, [BM, 128], XSL)  # per slot: activations,
         v0, v1, v2, v3, v4, v5 = _ring6(gl.int32, [4 * BN, 4], WSL)  # words,
         s0, s1, s2, s3, s4, s5 = _ring6(gl.int32, [_side_rows(BN, BM), 4], WSL)  # parameters and sums
-        ssrc, sstep, smask = _side_sources(tp_ptr, xs_ptr, pid_n, pid_m, NT, BN, BM, NW, CL)
+        ssrc, sstep, smask = _side_sources(tp_ptr, xs_ptr, pid_n, pid_m, NT, BN, BM, CL)
         # word sources of one tile, slot row i = plane * BN + row (tile layout: 64-row blocks of 4 units a plane)
         ci = gl.arange(0, 4 * BN, layout=gl.SliceLayout(1, WL))
         cu = gl.arange(0, 4, layout=gl.SliceLayout(0, WL))

@@ -32,7 +32,7 @@ def _random_lut(lin: nn.Linear, kind: str, bits: int, g: int, seed: int, table=N
 def _lut_model(kind="affine", bits=4, table=None, odd=None):
     model = tiny_model("llama").eval()
     seed = 0
-    for name, mod in list(model.named_modules()):
+    for mod in list(model.modules()):
         for child, lin in list(mod.named_children()):
             if isinstance(lin, nn.Linear) and child != "lm_head":
                 seed += 1
