@@ -10,9 +10,18 @@ from memtool.cli.common import (AllowPickleOpt, DebugOpt, DeviceOpt, DtypeOpt, J
                                 TrustRemoteCodeOpt, run)
 
 
+def eos_id(tok, model):
+    """The end-of-sequence token (the generation config's first, else the tokenizer's), or None."""
+    e = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    if isinstance(e, (list, tuple)):
+        e = e[0] if e else None
+    return e if e is not None else tok.eos_token_id
+
+
 def generate_text(model, tok, prompt: str, *, max_new_tokens: int, temperature: float, top_p: float, seed: int,
-                  device: str) -> dict:
-    """transformers' ``generate`` (greedy or sampled) with timing; no math here."""
+                  device: str, graph: bool = False) -> dict:
+    """transformers' ``generate`` (greedy or sampled), or with ``graph`` memtool's static-cache loop replaying each
+    decode step from a CUDA graph (:mod:`memtool.models.decode`), with timing; no math here."""
     import time
 
     import torch
@@ -27,14 +36,22 @@ def generate_text(model, tok, prompt: str, *, max_new_tokens: int, temperature: 
         torch.manual_seed(seed)
     else:  # greedy: clear sampling defaults a generation_config.json may carry
         kw.update(temperature=None, top_p=None, top_k=None)
+    st: dict = {}
     t0 = time.perf_counter()
-    with torch.inference_mode():
-        out = model.generate(ids, attention_mask=None if mask is None else mask.to(device), **kw)
+    if graph:
+        from memtool.models.decode import static_generate
+
+        new = static_generate(model, ids, max_new_tokens, temperature=temperature, top_p=top_p, seed=seed,
+                              eos_token_id=eos_id(tok, model), graph=True, stats=st)  # fmt: skip
+    else:
+        with torch.inference_mode():
+            out = model.generate(ids, attention_mask=None if mask is None else mask.to(device), **kw)
+        new = out[0, ids.shape[1]:]
     dt = time.perf_counter() - t0
-    new = out[0, ids.shape[1]:]
     return {"text": tok.decode(new, skip_special_tokens=True), "prompt_tokens": int(ids.shape[1]),
             "new_tokens": int(new.numel()), "seconds": round(dt, 3),
-            "tokens_per_s": round(new.numel() / dt, 2) if dt > 0 else None}
+            "tokens_per_s": round(new.numel() / dt, 2) if dt > 0 else None,
+            "decode_tokens_per_s": round(st["steps"] / st["decode_s"], 2) if st.get("decode_s") else None}
 
 
 def register(app: typer.Typer) -> None:
@@ -48,6 +65,10 @@ def register(app: typer.Typer) -> None:
         seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
         fuse: Annotated[Optional[bool], typer.Option(
             "--fuse/--no-fuse", help="Compute q/k/v and gate/up LUT layers as one kernel each (default: on CUDA).",
+            show_default=False)] = None,  # fmt: skip
+        cuda_graph: Annotated[Optional[bool], typer.Option(
+            "--cuda-graph/--no-cuda-graph", help="Decode with a static KV cache, each step replayed from a CUDA graph "
+            "(default: on CUDA; falls back to transformers' generate if the model cannot be captured).",
             show_default=False)] = None,  # fmt: skip
         device: DeviceOpt = "cpu",
         dtype: DtypeOpt = "float32",
@@ -67,6 +88,8 @@ def register(app: typer.Typer) -> None:
                 raise UsageError("--temperature must be >= 0")
             if not 0 < top_p <= 1:
                 raise UsageError("--top-p must be in (0, 1]")
+            if cuda_graph and not device.startswith("cuda"):
+                raise UsageError("--cuda-graph needs --device cuda")
             dt = parse_dtype(dtype)
             ref = resolve(model, allow_pickle=allow_pickle, progress=progress)
             tok = load_tokenizer(ref, trust_remote_code)
@@ -76,11 +99,19 @@ def register(app: typer.Typer) -> None:
                 from memtool.compress.fuse import fuse_lut_projections
 
                 fused = fuse_lut_projections(m)
-            res = generate_text(m, tok, prompt, max_new_tokens=max_new_tokens, temperature=temperature,
-                                top_p=top_p, seed=seed, device=device)
+            args = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, device=device)
+            graph = cuda_graph if cuda_graph is not None else device.startswith("cuda")
+            decode = "cuda-graph" if graph else "transformers"
+            try:
+                res = generate_text(m, tok, prompt, graph=graph, **args)
+            except RuntimeError as e:  # a model whose step cannot be captured: transformers' generate instead
+                if not graph:
+                    raise
+                decode = f"transformers (CUDA graph failed: {str(e).splitlines()[0][:120]})"
+                res = generate_text(m, tok, prompt, graph=False, **args)
             meta = {"model": model, "artifact": ref.is_artifact, "device": device, "dtype": dtype,
-                    "prompt": prompt, "text": res["text"], "fused_groups": len(fused)}
-            row = {k: res[k] for k in ("prompt_tokens", "new_tokens", "seconds", "tokens_per_s")}
+                    "prompt": prompt, "text": res["text"], "fused_groups": len(fused), "decode": decode}
+            row = {k: res[k] for k in ("prompt_tokens", "new_tokens", "seconds", "tokens_per_s", "decode_tokens_per_s")}
             return Result("memtool generate", rows=[row], meta=meta)
 
         run(body, json_=json_, quiet=quiet, debug=debug)

@@ -36,3 +36,11 @@ def test_generate_fused_projections(tiny_llama_dir, tmp_path):
         out[flag] = json.loads(r.stdout)
     assert out["--fuse"]["fused_groups"] > 0 and out["--no-fuse"]["fused_groups"] == 0
     assert out["--fuse"]["text"] == out["--no-fuse"]["text"]  # greedy, same weights: the same continuation
+
+
+def test_cuda_graph_needs_cuda(tiny_llama_dir):
+    r = runner.invoke(app, ["generate", str(tiny_llama_dir), "--prompt", "Hi", "--max-new-tokens", "3", "--json", "-q"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout)["decode"] == "transformers"  # the default on the CPU
+    r = runner.invoke(app, ["generate", str(tiny_llama_dir), "--prompt", "Hi", "--cuda-graph"])
+    assert r.exit_code == 2 and "--cuda-graph needs --device cuda" in r.stderr
