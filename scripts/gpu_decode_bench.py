@@ -7,7 +7,8 @@ then every linear of its decoder layers replaced by a LUT linear of random affin
 embeddings stay fp16, as `memtool quantize` leaves them), then the same with q/k/v and gate/up fused
 (``memtool generate --fuse``). Greedy decoding of batch 1 after a 16-token prompt, two ways:
 
-- **eager**: transformers' ``generate`` (what ``memtool generate`` runs), tokens/s over ``--tokens`` new tokens;
+- **eager**: transformers' ``generate`` (``memtool generate`` on the CPU or with ``--no-cuda-graph``), tokens/s over
+  ``--tokens`` new tokens;
 - **graph**: memtool's static-cache loop (``memtool generate --cuda-graph``, :mod:`memtool.models.decode`): one
   decode step captured in a CUDA graph and replayed a token; tokens/s of a whole call of ``--tokens`` new tokens
   (prefill and capture included) and of its replayed steps alone.

@@ -111,7 +111,8 @@ def register(app: typer.Typer) -> None:
                 res = generate_text(m, tok, prompt, graph=False, **args)
             meta = {"model": model, "artifact": ref.is_artifact, "device": device, "dtype": dtype,
                     "prompt": prompt, "text": res["text"], "fused_groups": len(fused), "decode": decode}
-            row = {k: res[k] for k in ("prompt_tokens", "new_tokens", "seconds", "tokens_per_s", "decode_tokens_per_s")}
+            keys = ("prompt_tokens", "new_tokens", "seconds", "tokens_per_s", "decode_tokens_per_s")
+            row = {k: res[k] for k in keys}
             return Result("memtool generate", rows=[row], meta=meta)
 
         run(body, json_=json_, quiet=quiet, debug=debug)

@@ -1,7 +1,7 @@
 """Batch-1 decoding with a static KV cache, each decode step replayed from a CUDA graph.
 
 transformers' ``generate`` launches every kernel of every step from Python: on a 7B model that is tens of
-milliseconds a token whatever the weights (docs/BENCHMARKS.md: ~11 tokens/s on an H200 for fp16 and for LUT
+milliseconds a token whatever the weights (docs/BENCHMARKS.md: 8-21 tokens/s on an H100 or H200, fp16 and LUT
 weights alike). Here the prompt is run once into a :class:`transformers.StaticCache`, one decode step (the model on
 a token at a position, writing its cache slot) is captured in a CUDA graph, and each new token is one replay plus
 the choice of the next token (greedy, or temperature + nucleus sampling from a seeded generator). Without
@@ -76,11 +76,12 @@ def static_generate(model, ids: torch.Tensor, max_new_tokens: int, *, temperatur
             return model(input_ids=tok, cache_position=pos, **cache).logits[:, -1]
 
         replay = None
+        settled = 2 if graph else 0  # steps from this one on are the steady state (replays, or eager steps)
         n = 0
         for i in range(max_new_tokens):
             out[i] = tok[0, 0]
             n = i + 1
-            if i == (2 if graph else 0):  # the replays (or eager steps) from here on are the steady state
+            if i == settled:
                 clock.lap("setup_s")
             if n == max_new_tokens or (eos_token_id is not None and int(tok) == eos_token_id):
                 break
@@ -98,9 +99,9 @@ def static_generate(model, ids: torch.Tensor, max_new_tokens: int, *, temperatur
                 logits = replay()
             tok.copy_(choose(logits, temperature, top_p, gen))
             pos.add_(1)
-        clock.lap("decode_s" if n > (2 if graph else 0) else "setup_s")
+        clock.lap("decode_s" if n > settled else "setup_s")
         if stats is not None:
-            stats["steps"] = max(0, n - 1 - (2 if graph else 0))
+            stats["steps"] = max(0, n - 1 - settled)
     return out[:n].clone()
 
 
