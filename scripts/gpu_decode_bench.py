@@ -28,8 +28,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from memtool.compress.fuse import fuse_lut_projections  # noqa: E402
-from memtool.compress.modules import LutLinear  # noqa: E402
-from memtool.kernels.lut_types import LutWeight  # noqa: E402
+from scripts.gpu_fuse_bench import random_lut_linear  # noqa: E402
 from scripts.gpu_lut_bench import save_json  # noqa: E402
 
 PROJ = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
@@ -64,13 +63,8 @@ def to_lut(model, bits: int, dev) -> None:
                 old = parent._modules.get(name)
                 if old is None:
                     continue
-                n, k = old.out_features, old.in_features
-                codes = torch.randint(0, 2**bits, (n, k), device=dev, generator=gen, dtype=torch.int32)
-                w = LutWeight.from_codes(codes, "affine", bits, 128,
-                                         scale=torch.rand(n, k // 128, device=dev, generator=gen) * 0.004 + 1e-3,
-                                         bias=torch.randn(n, k // 128, device=dev, generator=gen) * 0.004)  # fmt: skip
-                setattr(parent, name, LutLinear.from_lut_weight(w))
-                del old, codes
+                setattr(parent, name, random_lut_linear(old.out_features, old.in_features, bits, gen, spread=0.004))
+                del old
 
 
 def eager(model, ids, tokens: int) -> float:

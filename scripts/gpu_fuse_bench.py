@@ -36,16 +36,21 @@ class Layer(nn.Module):
                 [self.gate_proj(x), self.up_proj(x), self.down_proj(xi)])  # fmt: skip
 
 
+def random_lut_linear(n: int, k: int, bits: int, gen: torch.Generator, spread: float = 0.01) -> LutLinear:
+    """A LutLinear [n, k] of random affine g128 codes made on ``gen``'s device (scales ~ spread, biases ~ spread)."""
+    dev = gen.device
+    codes = torch.randint(0, 2**bits, (n, k), device=dev, generator=gen, dtype=torch.int32)
+    w = LutWeight.from_codes(codes, "affine", bits, 128,
+                             scale=torch.rand(n, k // 128, device=dev, generator=gen) * spread + 1e-3,
+                             bias=torch.randn(n, k // 128, device=dev, generator=gen) * spread)  # fmt: skip
+    return LutLinear.from_lut_weight(w)
+
+
 def lut_layer(bits: int, dev, seed: int) -> Layer:
     layer = Layer()
     gen = torch.Generator(device=dev).manual_seed(seed)
     for name, (n, k) in SHAPES.items():
-        codes = torch.randint(0, 2**bits, (n, k), device=dev, generator=gen)
-        g = k // 128
-        w = LutWeight.from_codes(codes, "affine", bits, 128,
-                                 scale=torch.rand(n, g, device=dev, generator=gen) * 0.01 + 1e-3,
-                                 bias=torch.randn(n, g, device=dev, generator=gen) * 0.01)  # fmt: skip
-        setattr(layer, name, LutLinear.from_lut_weight(w))
+        setattr(layer, name, random_lut_linear(n, k, bits, gen))
     return layer
 
 

@@ -94,6 +94,7 @@ def _concat(members: list[LutLinear]) -> LutLinear:
     concatenate as they are when every member but the last has a multiple of 64 rows; otherwise the codes are
     unpacked and packed again (exact)."""
     from memtool.kernels import lut_layout
+    from memtool.kernels.lut_types import LutWeight
 
     a = members[0]
     lw = [m.lut_weight() for m in members]
@@ -105,8 +106,6 @@ def _concat(members: list[LutLinear]) -> LutLinear:
             sd[name] = lut_layout.pack_codes(torch.cat([w.to_codes() for w in lw], 0), a.bits)
         else:
             sd[name] = torch.cat([w.state_dict()[name] for w in lw], 0)
-    from memtool.kernels.lut_types import LutWeight
-
     n = sum(m.out_features for m in members)
     w = LutWeight.from_state_dict(sd, kind=a.kind, bits=a.bits, group_size=a.group_size, in_features=a.in_features,
                                   out_features=n)  # fmt: skip
