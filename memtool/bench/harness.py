@@ -2,7 +2,8 @@
 
 Timing. GPU: ``triton.testing.do_bench`` median (it warms up and flushes L2 between calls) or, with
 ``timer="events"``, CUDA events around back-to-back calls; ``cuda_graph=True`` captures the calls in a CUDA graph
-first (removes launch overhead). CPU: ``time.perf_counter`` median per call, labelled ``device=cpu``.
+first (removes launch overhead; at least :data:`GRAPH_CALLS` calls a replay, so the replay's own cost is spread
+thin). CPU: ``time.perf_counter`` median per call, labelled ``device=cpu``.
 
 Rotation. Every workload is built ``copies`` times (weights and activations) and the timed calls cycle through
 the copies, so the data a call reads was evicted by the calls before it: ``copies * bytes`` exceeds 3x the L2
@@ -34,6 +35,7 @@ QUICK_SHAPES = {"cuda": [(4096, 4096)], "cpu": [(256, 512), (1024, 1024)]}
 QUICK_MS = {"cuda": [1, 16], "cpu": [1, 8]}
 TIMERS = ("auto", "do_bench", "events")
 MAX_COPIES = 64
+GRAPH_CALLS = 32  # calls a CUDA-graph replay makes, at least (--cuda-graph)
 CONVENTION = "shape = N x K (out x in features); weight (N, K), x (M, K), y = x @ W.T (M, N)"
 
 
@@ -203,7 +205,9 @@ class _Runner:
     def _graph(self, w: Workload, states: list[Any]) -> tuple[Callable[[], Any], int]:
         import torch
 
-        reps = max(1, math.ceil(8 / len(states)))  # at least 8 calls per replay
+        # at least GRAPH_CALLS calls a replay: the replay's own cost (its launch; do_bench's L2 flush, whose dirty
+        # lines are written back while the first call reads) is ~14 us on an H100, so it must not sit on few calls
+        reps = max(1, math.ceil(GRAPH_CALLS / len(states)))
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
