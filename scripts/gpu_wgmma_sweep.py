@@ -29,7 +29,8 @@ from scripts.gpu_lut_bench import cases, checked_time_us, graph_time_us, rand_we
 def check(dev):
     bad = 0
     cases = [(1, 128, 256, 128, 64, 1), (3, 192, 640, 256, 128, 3), (16, 256, 384, -1, 128, 1),
-             (17, 128, 1024, 128, 64, 3), (64, 64, 512, 128, 64, 2), (100, 256, 256, 128, 128, 1)]  # fmt: skip
+             (17, 128, 1024, 128, 64, 3), (64, 64, 512, 128, 64, 2), (100, 256, 256, 128, 128, 1),
+             (1, 128, 4096, 128, 64, 5), (16, 128, 4096, 256, 64, 4)]  # fmt: skip
     for m, n, k, g, bn, split in cases:
         for bits in (2, 3, 4):
             w = rand_weight("affine", bits, n, k, g, dev, seed=m + bits)
@@ -66,6 +67,7 @@ def main():
     ap.add_argument("--warps", default="4")
     ap.add_argument("--splits", default="", help="explicit split-K values (instead of --waves)")
     ap.add_argument("--no-check", action="store_true")
+    ap.add_argument("--check-only", action="store_true")
     ap.add_argument("--module", default="lut_wgmma", help="kernel module under memtool.kernels (A/B runs)")
     ap.add_argument("--stages", default="3")
     ap.add_argument("--maxnreg", default="0", help="register caps to sweep (0: the compiler's choice)")
@@ -85,6 +87,8 @@ def main():
     dev = torch.device("cuda")
     bad = 0 if a.no_check else check(dev)
     print(f"check: {bad} failures ({time.time() - t0:.0f}s)", flush=True)
+    if a.check_only:
+        return
     res = []
     for n, k, m, x, t16, bits, w, ref, cps in cases(a.shapes, a.ms, a.bits, dev, l2):
         if time.time() - t0 > a.budget:

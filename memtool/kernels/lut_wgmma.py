@@ -368,9 +368,9 @@ if HAVE_GLUON:
 
     @gluon.jit
     def _raw_kernel(xp_ptr, xs_ptr, q_ptr, tp_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, KU, NT, TPS,
-                    NSPLIT, magic, BITS: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr, PLAN: gl.constexpr,
-                    BF16: gl.constexpr, NW: gl.constexpr, H: gl.constexpr, SPLIT: gl.constexpr,
-                    SL4: gl.constexpr, PDL: gl.constexpr, XM: gl.constexpr):  # fmt: skip
+                    NSPLIT, magic, times_ptr, BITS: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr,
+                    PLAN: gl.constexpr, BF16: gl.constexpr, NW: gl.constexpr, H: gl.constexpr, SPLIT: gl.constexpr,
+                    SL4: gl.constexpr, PDL: gl.constexpr, XM: gl.constexpr, TIMES: gl.constexpr):  # fmt: skip
         """Program (BN = 16 * NW rows, K-range of TPS tiles, BM activation rows): y^T = W x^T on the tensor
         cores; A = raw decoded codes in registers, B = the prepped activation tile in shared memory.
 
@@ -384,6 +384,8 @@ if HAVE_GLUON:
         pid_n = gl.program_id(0)
         pid_s = gl.program_id(1)
         pid_m = gl.program_id(2)
+        if TIMES:
+            t_start = _timer()
         WB: gl.constexpr = [[16, 0], [32, 0]] if NW == 4 else [[16, 0], [32, 0], [64, 0]]
         LW: gl.constexpr = gl.DistributedLinearLayout(
             reg_bases=[[8, 0]], lane_bases=[[0, 1], [0, 2], [1, 0], [2, 0], [4, 0]], warp_bases=WB, block_bases=[],
@@ -453,6 +455,18 @@ if HAVE_GLUON:
         wait_group(0)
         _finish(acc, out_ptr, ws_ptr, cnt_ptr, rows, ms, mmask, M, N, pid_s, pid_m * gl.num_programs(0) + pid_n,
                 NSPLIT, SPLIT)  # fmt: skip
+        if TIMES:  # (diagnostics) when the program started and ended (ns, %globaltimer) and on which SM
+            t_end_ = _timer()
+            lin = (pid_m * gl.num_programs(1) + pid_s) * gl.num_programs(0) + pid_n
+            smid = gl.inline_asm_elementwise("mov.u32 $0, %smid;", "=r", [], dtype=gl.int32, is_pure=False, pack=1)
+            gl.store(times_ptr + 3 * lin, t_start)
+            gl.store(times_ptr + 3 * lin + 1, t_end_)
+            gl.store(times_ptr + 3 * lin + 2, smid.to(gl.int64))
+
+    @gluon.jit
+    def _timer():
+        """%globaltimer, ns."""
+        return gl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=gl.int64, is_pure=False, pack=1)
 
     @gluon.jit
     def _fold_kernel(xp_ptr, q_ptr, tp_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, KU, NT, TPS, NSPLIT, magic,
@@ -531,7 +545,7 @@ def row_bases(bn: int, num_warps: int) -> tuple[tuple[int, int], ...]:
 
 def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4, stages: int = 3,
            fold: Optional[bool] = None, maxnreg: int = 0, out: Optional[torch.Tensor] = None,
-           pdl: bool = True) -> torch.Tensor:  # fmt: skip
+           pdl: bool = True, times: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
     """y = x2 @ W^T through the wgmma kernel (the caller checked :func:`supports`). ``fold`` (default:
     bm >= 32): the decode makes the weights ``code * s + b`` in fp16/bf16 (one rounding a weight, like a
     dequantized model) and wgmma accumulates over all of K, instead of raw codes scaled in fp32 per tile
@@ -539,8 +553,9 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
     kernel's slots H (2-6: tiles copied H - 1 ahead), the folded kernel's activation ring depth; ``maxnreg``:
     register cap per thread (0: ptxas decides); ``pdl``: the raw kernel starts by programmatic dependent launch
     while the activation prep runs and requests its first words before it waits for the prep (H100: 0.5-1 us
-    of 47-60). Split-K partials are added by the last program of each row block (no extra launch), or at large
-    M (big partial tiles) by a reduction kernel."""
+    of 47-60); ``times`` (diagnostics, raw kernel only): an int64 [programs, 3] tensor that gets each program's
+    start and end (%globaltimer, ns) and SM (``scripts/gpu_timeline.py``). Split-K partials are added by the last
+    program of each row block (no extra launch), or at large M (big partial tiles) by a reduction kernel."""
     m, k = x2.shape
     n = w.out_features
     ku = lut_layout.num_units(k)
@@ -576,7 +591,8 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
     if fold:
         kern = _fold_kernel[grid](xp, *args, RB=row_bases(bn, num_warps), STAGES=max(2, stages), **meta)
     else:
-        raw = dict(H=halves, SL4=sums_layout(bm, num_warps), XM=m % bm != 0, **meta)
+        raw = dict(H=halves, SL4=sums_layout(bm, num_warps), XM=m % bm != 0, TIMES=times is not None, **meta)
+        args = args + (out if times is None else times,)
         try:
             kern = _raw_kernel[grid](xp, xs, *args, PDL=pdl, **raw, **({"launch_pdl": True} if pdl else {}))
         except RuntimeError:  # a driver that cannot launch it programmatically: plain stream order from now on
