@@ -1,11 +1,11 @@
 """Horizontal fusion of the LUT linears that read the same input: q/k/v and gate/up in one launch each.
 
-Why: every LUT-GEMM launch on a GPU pays a fixed cost of ~9-10 µs (launch, the first bytes' latency, the tail;
-measured with ``scripts/gpu_stream_probe.py``) and, on Hopper, an activation prep; at decode (M=1) a 4096-wide
-projection streams its weight in a few µs, so most of its time is that fixed cost. The rows of a LUT weight are
-independent (codes, scales and tables are per row), so the weights of projections that read the same activations
-concatenate along the output dimension exactly: one kernel computes all of them, and each projection returns its
-columns of the result.
+Why: every LUT-GEMM launch on a GPU pays a fixed cost of several µs (launch, the first bytes' latency, the tail;
+``scripts/gpu_stream_probe.py``, ``scripts/gpu_timeline.py``) and, on Hopper, an activation prep; at decode (M=1) a
+4096-wide projection streams its weight in a few µs, so most of its time is that fixed cost. The rows of a LUT
+weight are independent (codes, scales and tables are per row), so the weights of projections that read the same
+activations concatenate along the output dimension exactly: one kernel computes all of them, and each projection
+returns its columns of the result.
 
 How: :func:`fuse_lut_projections` finds, in every module, children named like one of :data:`GROUPS` that are all
 :class:`~memtool.compress.modules.LutLinear` of the same format, registers one :class:`FusedLutLinear` on the parent

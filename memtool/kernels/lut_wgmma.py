@@ -38,8 +38,8 @@ bytes per tile), the activations and their sums tile-major by row blocks from th
 tiles: every source moves a constant stride a tile, nothing is clamped, and the copies of an iteration's slots
 are immediate offsets from one address. The kernel is launched with programmatic dependent launch and
 requests its first words while the prep still runs. Split-K partials are added by the last program of each
-row block. Measured (docs/bench/lut_kernels.md, 8192x28672, session 8): H100 3-bit 3.8x / 3.5x cuBLAS fp16 at
-M = 1 / 16, 4-bit 3.15x / 2.98x; H200 3-bit 3.3x / 2.85x, 4-bit 2.9x / 2.8x.
+row block. Measured (docs/bench/lut_kernels.md, 8192x28672, session 10, CUDA graphs of 32 calls): H100 3-bit
+4.2x / 3.8x cuBLAS fp16 at M = 1 / 16, 4-bit 3.45x / 3.2x; H200 3-bit 3.66x / 2.94x, 4-bit 3.2x / 2.97x.
 
 Only on a CUDA device of compute capability 9.x with a Triton that has Gluon; the dispatcher
 (:mod:`memtool.kernels.lut_triton`) offers it as path ``"wgmma"`` when :func:`supports` says yes. The
