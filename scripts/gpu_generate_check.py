@@ -1,6 +1,8 @@
 """GPU check of `memtool generate --cuda-graph` (CI has no GPU): on a tiny random Llama and its packed 4-bit
 artifact, in fp16 on CUDA, the CUDA-graph decode must give the same greedy text as transformers' generate, and
-sampling must run; prints the decode mode, tokens and tokens/s of each call.
+sampling must run; prints the decode mode, tokens and tokens/s of each call. Also the one-kernel RMSNorm
+(``--fast-norm``, on by default on CUDA): a Llama-2-7B-width model's logits with and without it, and the greedy text
+of the tiny model without it.
 
     export PYTHONPATH=$PWD; python scripts/gpu_generate_check.py
 """
@@ -14,6 +16,28 @@ from typer.testing import CliRunner
 from memtool.cli.app import app
 from memtool.compress.quantize import QuantizeSpec, quantize_model
 from memtool.models.tiny import save_tiny_model
+
+
+def check_norm_logits() -> int:
+    """Logits of a 2-layer Llama of hidden size 4096 in fp16 with transformers' norms and with FastRMSNorm."""
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from memtool.models.fast_norm import swap_norms
+
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=2, num_attention_heads=32,
+                      num_key_value_heads=32, vocab_size=32000)  # fmt: skip
+    m = LlamaForCausalLM(cfg).to("cuda", torch.float16).eval()
+    ids = torch.randint(0, 32000, (2, 33), device="cuda")
+    with torch.no_grad():
+        want = m(ids).logits.float()
+        n = len(swap_norms(m))
+        got = m(ids).logits.float()
+    err = ((got - want).norm() / want.norm()).item()
+    print(f"fast norms ({n}) vs transformers' norms, fp16 logits: relative error {err:.2e}, "
+          f"argmax agreement {(got.argmax(-1) == want.argmax(-1)).float().mean().item():.3f}")
+    return int(not err < 2e-3)
 
 
 def main() -> int:
@@ -35,7 +59,14 @@ def main() -> int:
                 res[(path == art, flag, bool(extra))] = j
                 print(path == art, flag, extra, j["decode"], j["rows"][0]["new_tokens"], j["rows"][0]["tokens_per_s"],
                       repr(j["text"][:40]))  # fmt: skip
-    bad = 0
+    for path in (str(d), art):
+        args = ["generate", path, "--prompt", "Hello there", "--max-new-tokens", "24", "--device", "cuda",
+                "--dtype", "float16", "--no-fast-norm", "--json", "-q"]  # fmt: skip
+        o = runner.invoke(app, args)
+        j = json.loads(o.stdout)
+        print("artifact" if path == art else "plain", "greedy: fast norms = transformers' norms:",
+              j["text"] == res[(path == art, "--cuda-graph", False)]["text"], j["fast_norms"])  # fmt: skip
+    bad = check_norm_logits()
     for a in (False, True):
         g, e = res[(a, "--cuda-graph", False)], res[(a, "--no-cuda-graph", False)]
         same = g["text"] == e["text"] and g["decode"] == "cuda-graph"
