@@ -5,8 +5,8 @@
 A random-weight LlamaForCausalLM of Llama-2-7B's shapes (hidden 4096, MLP 11008, 32 heads, vocab 32000) in fp16;
 then every linear of its decoder layers replaced by a LUT linear of random affine g128 codes (lm_head and the
 embeddings stay fp16, as `memtool quantize` leaves them), then the same with q/k/v and gate/up fused
-(``memtool generate --fuse``), and the fp16 and fused variants again with their RMSNorms as one kernel each
-(``memtool generate --fast-norm``). Greedy decoding of batch 1 after a 16-token prompt, two ways:
+(``memtool generate --fuse``), and the fp16 and fused variants again with their RMSNorms, then also their rotary
+embeddings, as one kernel each (``memtool generate --fast-ops``). Greedy decoding of batch 1 after a 16-token prompt, two ways:
 
 - **eager**: transformers' ``generate`` (``memtool generate`` on the CPU or with ``--no-cuda-graph``), tokens/s over
   ``--tokens`` new tokens;
@@ -106,13 +106,17 @@ def measure(label, model, ids, tokens, rows, gb):
     print(r, flush=True)
 
 
-def with_fast_norms(label, model, ids, tokens, rows):
-    """The same variant with its RMSNorms as one kernel each (``memtool generate --fast-norm``), then undone."""
-    from memtool.models.fast_norm import restore_norms, swap_norms
+def with_fast_ops(label, model, ids, tokens, rows):
+    """The same variant with its RMSNorms, then also its rotary embeddings, as one kernel each (``memtool generate
+    --fast-ops``), then undone."""
+    from memtool.models.fast_ops import use_fast_ops
 
-    swapped = swap_norms(model)
+    ops = use_fast_ops(model, rotary=False)
     measure(f"{label} + fast norms", model, ids, tokens, rows, weights_gb(model))
-    restore_norms(swapped)
+    ops.restore()
+    ops = use_fast_ops(model)
+    measure(f"{label} + fast norms + rotary", model, ids, tokens, rows, weights_gb(model))
+    ops.restore()
 
 
 def weights_gb(model) -> float:
@@ -133,14 +137,14 @@ def main():
     ids = torch.randint(0, 32000, (1, 16), device=dev)
     rows = []
     measure("fp16", model, ids, a.tokens, rows, weights_gb(model))
-    with_fast_norms("fp16", model, ids, a.tokens, rows)
+    with_fast_ops("fp16", model, ids, a.tokens, rows)
     for bits in (int(v) for v in a.bits.split(",")):
         to_lut(model, bits, dev)
         torch.cuda.empty_cache()
         measure(f"lut{bits} separate", model, ids, a.tokens, rows, weights_gb(model))
         fuse_lut_projections(model)
         measure(f"lut{bits} fused", model, ids, a.tokens, rows, weights_gb(model))
-        with_fast_norms(f"lut{bits} fused", model, ids, a.tokens, rows)
+        with_fast_ops(f"lut{bits} fused", model, ids, a.tokens, rows)
     save_json(a.out, "decode_bench.json", {"device": props.name, "layers": a.layers, "tokens": a.tokens, "rows": rows})
 
 

@@ -1,8 +1,8 @@
 """GPU check of `memtool generate --cuda-graph` (CI has no GPU): on a tiny random Llama and its packed 4-bit
 artifact, in fp16 on CUDA, the CUDA-graph decode must give the same greedy text as transformers' generate, and
-sampling must run; prints the decode mode, tokens and tokens/s of each call. Also the one-kernel RMSNorm
-(``--fast-norm``, on by default on CUDA): a Llama-2-7B-width model's logits with and without it, and the greedy text
-of the tiny model without it.
+sampling must run; prints the decode mode, tokens and tokens/s of each call. Also the one-kernel RMSNorm and rotary
+embedding (``--fast-ops``, on by default on CUDA): a Llama-2-7B-width model's logits with and without them, and the
+greedy text of the tiny model without them.
 
     export PYTHONPATH=$PWD; python scripts/gpu_generate_check.py
 """
@@ -19,11 +19,12 @@ from memtool.models.tiny import save_tiny_model
 
 
 def check_norm_logits() -> int:
-    """Logits of a 2-layer Llama of hidden size 4096 in fp16 with transformers' norms and with FastRMSNorm."""
+    """Logits of a 2-layer Llama of hidden size 4096 in fp16 with transformers' norms and rotary and with the
+    one-kernel ones."""
     import torch
     from transformers import LlamaConfig, LlamaForCausalLM
 
-    from memtool.models.fast_norm import swap_norms
+    from memtool.models.fast_ops import use_fast_ops
 
     torch.manual_seed(0)
     cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=2, num_attention_heads=32,
@@ -32,10 +33,12 @@ def check_norm_logits() -> int:
     ids = torch.randint(0, 32000, (2, 33), device="cuda")
     with torch.no_grad():
         want = m(ids).logits.float()
-        n = len(swap_norms(m))
+        ops = use_fast_ops(m)
+        n = f"{len(ops.norms)} norms, rotary in {len(ops.rotary)} module(s)"
         got = m(ids).logits.float()
+        ops.restore()
     err = ((got - want).norm() / want.norm()).item()
-    print(f"fast norms ({n}) vs transformers' norms, fp16 logits: relative error {err:.2e}, "
+    print(f"fast ops ({n}) vs transformers' ops, fp16 logits: relative error {err:.2e}, "
           f"argmax agreement {(got.argmax(-1) == want.argmax(-1)).float().mean().item():.3f}")
     return int(not err < 2e-3)
 
@@ -61,11 +64,11 @@ def main() -> int:
                       repr(j["text"][:40]))  # fmt: skip
     for path in (str(d), art):
         args = ["generate", path, "--prompt", "Hello there", "--max-new-tokens", "24", "--device", "cuda",
-                "--dtype", "float16", "--no-fast-norm", "--json", "-q"]  # fmt: skip
+                "--dtype", "float16", "--no-fast-ops", "--json", "-q"]  # fmt: skip
         o = runner.invoke(app, args)
         j = json.loads(o.stdout)
-        print("artifact" if path == art else "plain", "greedy: fast norms = transformers' norms:",
-              j["text"] == res[(path == art, "--cuda-graph", False)]["text"], j["fast_norms"])  # fmt: skip
+        print("artifact" if path == art else "plain", "greedy: fast ops = transformers' ops:",
+              j["text"] == res[(path == art, "--cuda-graph", False)]["text"])  # fmt: skip
     bad = check_norm_logits()
     for a in (False, True):
         g, e = res[(a, "--cuda-graph", False)], res[(a, "--no-cuda-graph", False)]

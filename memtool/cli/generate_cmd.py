@@ -66,8 +66,8 @@ def register(app: typer.Typer) -> None:
         fuse: Annotated[Optional[bool], typer.Option(
             "--fuse/--no-fuse", help="Compute q/k/v and gate/up LUT layers as one kernel each (default: on CUDA).",
             show_default=False)] = None,  # fmt: skip
-        fast_norm: Annotated[Optional[bool], typer.Option(
-            "--fast-norm/--no-fast-norm", help="RMSNorm layers as one kernel each (default: on CUDA).",
+        fast_ops: Annotated[Optional[bool], typer.Option(
+            "--fast-ops/--no-fast-ops", help="RMSNorms and rotary embeddings as one kernel each (default: on CUDA).",
             show_default=False)] = None,  # fmt: skip
         cuda_graph: Annotated[Optional[bool], typer.Option(
             "--cuda-graph/--no-cuda-graph", help="Decode with a static KV cache, each step replayed from a CUDA graph "
@@ -102,11 +102,11 @@ def register(app: typer.Typer) -> None:
                 from memtool.compress.fuse import fuse_lut_projections
 
                 fused = fuse_lut_projections(m)
-            norms = []
-            if fast_norm or (fast_norm is None and device.startswith("cuda")):
-                from memtool.models.fast_norm import swap_norms
+            ops = None
+            if fast_ops or (fast_ops is None and device.startswith("cuda")):
+                from memtool.models.fast_ops import use_fast_ops
 
-                norms = swap_norms(m)
+                ops = use_fast_ops(m)
             args = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, device=device)
             graph = cuda_graph if cuda_graph is not None else device.startswith("cuda")
             decode = "cuda-graph" if graph else "transformers"
@@ -117,9 +117,13 @@ def register(app: typer.Typer) -> None:
                     raise
                 decode = f"transformers (CUDA graph failed: {str(e).splitlines()[0][:120]})"
                 res = generate_text(m, tok, prompt, graph=False, **args)
+            finally:
+                n_norms, n_rotary = (len(ops.norms), len(ops.rotary)) if ops else (0, 0)
+                if ops:
+                    ops.restore()
             meta = {"model": model, "artifact": ref.is_artifact, "device": device, "dtype": dtype,
-                    "prompt": prompt, "text": res["text"], "fused_groups": len(fused), "fast_norms": len(norms),
-                    "decode": decode}
+                    "prompt": prompt, "text": res["text"], "fused_groups": len(fused), "fast_norms": n_norms,
+                    "fast_rotary": n_rotary, "decode": decode}
             keys = ("prompt_tokens", "new_tokens", "seconds", "tokens_per_s", "decode_tokens_per_s")
             row = {k: res[k] for k in keys}
             return Result("memtool generate", rows=[row], meta=meta)

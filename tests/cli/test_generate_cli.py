@@ -38,16 +38,18 @@ def test_generate_fused_projections(tiny_llama_dir, tmp_path):
     assert out["--fuse"]["text"] == out["--no-fuse"]["text"]  # greedy, same weights: the same continuation
 
 
-def test_generate_fast_norms(tiny_llama_dir):
-    """--fast-norm swaps the RMSNorms for the one-kernel module (off by default on the CPU); greedy text unchanged."""
+def test_generate_fast_ops(tiny_llama_dir):
+    """--fast-ops: the RMSNorms and the rotary embedding as one kernel each (off by default on the CPU; the kernels
+    run under the test's Triton interpreter); the greedy text is unchanged."""
     out = {}
-    for flag in ("--fast-norm", "--no-fast-norm"):
+    for flag in ("--fast-ops", "--no-fast-ops"):
         args = ["generate", str(tiny_llama_dir), "--prompt", "Hello", "--max-new-tokens", "5", flag, "--json", "-q"]
         r = runner.invoke(app, args)
         assert r.exit_code == 0, r.output
         out[flag] = json.loads(r.stdout)
-    assert out["--fast-norm"]["fast_norms"] > 0 and out["--no-fast-norm"]["fast_norms"] == 0
-    assert out["--fast-norm"]["text"] == out["--no-fast-norm"]["text"]
+    assert out["--fast-ops"]["fast_norms"] > 0 and out["--fast-ops"]["fast_rotary"] == 1
+    assert out["--no-fast-ops"]["fast_norms"] == 0 and out["--no-fast-ops"]["fast_rotary"] == 0
+    assert out["--fast-ops"]["text"] == out["--no-fast-ops"]["text"]
 
 
 def test_cuda_graph_needs_cuda(tiny_llama_dir):
