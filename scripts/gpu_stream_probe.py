@@ -27,9 +27,12 @@ from scripts.gpu_lut_bench import graph_time_us, n_copies, save_json  # noqa: E4
 
 
 @triton.jit
-def _read_range(src, out, n, per_prog, BLOCK: tl.constexpr):
-    """Program p XORs words [p * per_prog, (p + 1) * per_prog) of src, BLOCK words a step."""
+def _read_range(src, out, times, n, per_prog, BLOCK: tl.constexpr, TIMED: tl.constexpr = False):
+    """Program p XORs words [p * per_prog, (p + 1) * per_prog) of src, BLOCK words a step; TIMED: also stores
+    %globaltimer (ns) when it starts and ends in times[2p], times[2p + 1]."""
     pid = tl.program_id(0)
+    if TIMED:
+        t0 = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
     lo = pid.to(tl.int64) * per_prog
     offs = tl.arange(0, BLOCK)
     acc = tl.zeros([BLOCK], tl.int32)
@@ -37,6 +40,10 @@ def _read_range(src, out, n, per_prog, BLOCK: tl.constexpr):
         idx = lo + i + offs
         acc ^= tl.load(src + idx, mask=idx < n, other=0)
     tl.store(out + pid * BLOCK + offs, acc)
+    if TIMED:
+        t1 = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
+        tl.store(times + 2 * pid, t0)
+        tl.store(times + 2 * pid + 1, t1)
 
 
 @triton.jit
@@ -72,23 +79,6 @@ def _read_dynamic(src, out, ctr, n, nchunk, chunk, nprog, BLOCK: tl.constexpr):
         tl.atomic_xchg(ctr + 1, 0)
 
 
-@triton.jit
-def _read_range_timed(src, out, times, n, per_prog, BLOCK: tl.constexpr):
-    """_read_range that also records %globaltimer (ns) when the program starts and ends."""
-    pid = tl.program_id(0)
-    t0 = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
-    lo = pid.to(tl.int64) * per_prog
-    offs = tl.arange(0, BLOCK)
-    acc = tl.zeros([BLOCK], tl.int32)
-    for i in range(0, per_prog, BLOCK):
-        idx = lo + i + offs
-        acc ^= tl.load(src + idx, mask=idx < n, other=0)
-    tl.store(out + pid * BLOCK + offs, acc)
-    t1 = tl.inline_asm_elementwise("mov.u64 $0, %globaltimer;", "=l", [], dtype=tl.int64, is_pure=False, pack=1)
-    tl.store(times + 2 * pid, t0)
-    tl.store(times + 2 * pid + 1, t1)
-
-
 def timeline(bufs, words, sms, per_sm, block, warps):
     """When the programs of one static-range read start and end (ns after the first start), a cold buffer."""
     nprog = sms * per_sm
@@ -96,9 +86,9 @@ def timeline(bufs, words, sms, per_sm, block, warps):
     times = torch.zeros(nprog, 2, dtype=torch.int64, device=bufs[0].device)
     per = triton.cdiv(triton.cdiv(words, nprog), block) * block
     for b in bufs:  # warm-up, and the last launch leaves the first buffer out of L2
-        _read_range_timed[(nprog,)](b, out, times, words, per, BLOCK=block, num_warps=warps)
+        _read_range[(nprog,)](b, out, times, words, per, BLOCK=block, TIMED=True, num_warps=warps)
     torch.cuda.synchronize()
-    _read_range_timed[(nprog,)](bufs[0], out, times, words, per, BLOCK=block, num_warps=warps)
+    _read_range[(nprog,)](bufs[0], out, times, words, per, BLOCK=block, TIMED=True, num_warps=warps)
     torch.cuda.synchronize()
     t = (times - times[:, 0].min()).double().cpu() / 1000.0
     q = torch.tensor([0.0, 0.1, 0.5, 0.9, 1.0], dtype=torch.float64)
@@ -118,7 +108,7 @@ def probe(bufs, words, sms, per_sm, block, warps, strided, dynamic=0):
         fns = [lambda b=b: _read_strided[(nprog,)](b, out, words, nprog, BLOCK=block, num_warps=warps) for b in bufs]
     else:
         per = triton.cdiv(triton.cdiv(words, nprog), block) * block  # words a program, whole steps
-        fns = [lambda b=b: _read_range[(nprog,)](b, out, words, per, BLOCK=block, num_warps=warps) for b in bufs]
+        fns = [lambda b=b: _read_range[(nprog,)](b, out, out, words, per, BLOCK=block, num_warps=warps) for b in bufs]
     return graph_time_us(fns)
 
 

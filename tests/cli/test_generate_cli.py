@@ -25,15 +25,21 @@ def test_generate_plain_and_artifact(tiny_llama_dir, tmp_path):
     assert r.exit_code == 2 and "at least 1" in r.stderr
 
 
-def test_generate_fused_projections(tiny_llama_dir, tmp_path):
-    art = tmp_path / "a4"
-    quantize_model(str(tiny_llama_dir), art, QuantizeSpec(bits=4, group_size=32))
+def _greedy(path, *flags):
+    """``memtool generate PATH --prompt Hello --max-new-tokens 5 FLAG --json`` for each flag: {flag: JSON}."""
     out = {}
-    for flag in ("--fuse", "--no-fuse"):
-        args = ["generate", str(art), "--prompt", "Hello", "--max-new-tokens", "5", flag, "--json", "-q"]
+    for flag in flags:
+        args = ["generate", str(path), "--prompt", "Hello", "--max-new-tokens", "5", flag, "--json", "-q"]
         r = runner.invoke(app, args)
         assert r.exit_code == 0, r.output
         out[flag] = json.loads(r.stdout)
+    return out
+
+
+def test_generate_fused_projections(tiny_llama_dir, tmp_path):
+    art = tmp_path / "a4"
+    quantize_model(str(tiny_llama_dir), art, QuantizeSpec(bits=4, group_size=32))
+    out = _greedy(art, "--fuse", "--no-fuse")
     assert out["--fuse"]["fused_groups"] > 0 and out["--no-fuse"]["fused_groups"] == 0
     assert out["--fuse"]["text"] == out["--no-fuse"]["text"]  # greedy, same weights: the same continuation
 
@@ -41,12 +47,7 @@ def test_generate_fused_projections(tiny_llama_dir, tmp_path):
 def test_generate_fast_ops(tiny_llama_dir):
     """--fast-ops: the RMSNorms and the rotary embedding as one kernel each (off by default on the CPU; the kernels
     run under the test's Triton interpreter); the greedy text is unchanged."""
-    out = {}
-    for flag in ("--fast-ops", "--no-fast-ops"):
-        args = ["generate", str(tiny_llama_dir), "--prompt", "Hello", "--max-new-tokens", "5", flag, "--json", "-q"]
-        r = runner.invoke(app, args)
-        assert r.exit_code == 0, r.output
-        out[flag] = json.loads(r.stdout)
+    out = _greedy(tiny_llama_dir, "--fast-ops", "--no-fast-ops")
     assert out["--fast-ops"]["fast_norms"] > 0 and out["--fast-ops"]["fast_rotary"] == 1
     assert out["--no-fast-ops"]["fast_norms"] == 0 and out["--no-fast-ops"]["fast_rotary"] == 0
     assert out["--fast-ops"]["text"] == out["--no-fast-ops"]["text"]
