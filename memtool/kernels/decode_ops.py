@@ -50,7 +50,8 @@ if HAVE_TRITON:
         tl.store(y_ptr + row * stride_y + offs, (w * h).to(y_ptr.dtype.element_ty), mask=m)
 
 
-def _use_triton(x: torch.Tensor) -> bool:
+def runs_triton(x: torch.Tensor) -> bool:
+    """Whether the kernels here take the Triton path for x: on CUDA, or under Triton's interpreter (the tests)."""
     import os
 
     return HAVE_TRITON and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
@@ -61,7 +62,7 @@ def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     n = x.shape[-1]
     if weight.shape != (n,):
         raise ValueError(f"rmsnorm: weight of shape {tuple(weight.shape)} for rows of {n}")
-    if not _use_triton(x) or x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or n > 65536:
+    if not runs_triton(x) or x.dtype not in (torch.float16, torch.bfloat16, torch.float32) or n > 65536:
         return rmsnorm_ref(x, weight, eps)
     x2 = x.reshape(-1, n)
     if x2.stride(-1) != 1:
@@ -115,7 +116,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """Rotary embedding of x [B, H, S, D] (any strides) with cos / sin [B or 1, S, D] of x's dtype: one launch on
     CUDA."""
     b, h, s, d = x.shape
-    if (not _use_triton(x) or d % 2 or cos.shape[1:] != (s, d) or cos.shape[0] not in (1, b)
+    if (not runs_triton(x) or d % 2 or cos.shape[1:] != (s, d) or cos.shape[0] not in (1, b)
             or sin.shape != cos.shape or cos.dtype != x.dtype
             or sin.dtype != x.dtype or x.dtype not in (torch.float16, torch.bfloat16, torch.float32)
             or cos.stride(-1) != 1 or sin.stride() != cos.stride() or x.stride(-1) != 1):  # fmt: skip

@@ -2,10 +2,10 @@
 
 At batch 1 a Llama layer's RMSNorm is ~7 kernel launches and its rotary embedding ~10, each a few µs: 65 norms and 32
 rotary embeddings a token on a 7B model. :func:`use_fast_ops` swaps the norms for :class:`FastRMSNorm` (the same
-Parameter and epsilon) and points the attention modules' ``apply_rotary_pos_emb`` at :func:`fast_rotary`; the
-returned handle's ``restore()`` undoes both. Only the classes and modules known to compute exactly what the kernels
-compute are touched (:data:`SWAPPABLE`, :data:`ROTARY_MODULES`; Gemma's ``(1 + weight)`` norm, for one, is not), and
-anything else (other shapes, the CPU) runs the original code.
+Parameter and epsilon) and points the attention modules' ``apply_rotary_pos_emb`` at a wrapper that calls
+:func:`~memtool.kernels.decode_ops.rope`; the returned handle's ``restore()`` undoes both. Only the classes and
+modules known to compute exactly what the kernels compute are touched (:data:`SWAPPABLE`, :data:`ROTARY_MODULES`;
+Gemma's ``(1 + weight)`` norm, for one, is not), and anything else (other shapes, the CPU) runs the original code.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from memtool.kernels.decode_ops import _use_triton, rmsnorm, rope
+from memtool.kernels.decode_ops import runs_triton, rmsnorm, rope
 
 SWAPPABLE = ("LlamaRMSNorm", "MistralRMSNorm", "MixtralRMSNorm", "Qwen2RMSNorm", "Qwen3RMSNorm", "Phi3RMSNorm")
 ROTARY_MODULES = ("llama", "mistral", "mixtral", "qwen2", "qwen3")  # transformers.models.<name>.modeling_<name>
@@ -42,7 +42,7 @@ def _rotary_for(original):
     unsqueeze_dim 1), else ``original``."""
 
     def fast_rotary(q, k, cos, sin, unsqueeze_dim=1, *args, **kwargs):
-        if args or kwargs or unsqueeze_dim != 1 or q.dim() != 4 or k.dim() != 4 or cos.dim() != 3 or not _use_triton(q):
+        if args or kwargs or unsqueeze_dim != 1 or q.dim() != 4 or k.dim() != 4 or cos.dim() != 3 or not runs_triton(q):
             return original(q, k, cos, sin, unsqueeze_dim, *args, **kwargs)
         return rope(q, cos, sin), rope(k, cos, sin)
 
