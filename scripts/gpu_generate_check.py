@@ -22,14 +22,11 @@ def check_norm_logits() -> int:
     """Logits of a 2-layer Llama of hidden size 4096 in fp16 with transformers' norms and rotary and with the
     one-kernel ones."""
     import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
 
     from memtool.models.fast_ops import use_fast_ops
+    from scripts.gpu_decode_bench import build
 
-    torch.manual_seed(0)
-    cfg = LlamaConfig(hidden_size=4096, intermediate_size=11008, num_hidden_layers=2, num_attention_heads=32,
-                      num_key_value_heads=32, vocab_size=32000)  # fmt: skip
-    m = LlamaForCausalLM(cfg).to("cuda", torch.float16).eval()
+    m = build(2, torch.device("cuda"))
     ids = torch.randint(0, 32000, (2, 33), device="cuda")
     with torch.no_grad():
         want = m(ids).logits.float()

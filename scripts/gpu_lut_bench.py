@@ -27,6 +27,7 @@ sys.path.insert(0, os.getcwd())
 
 from memtool.kernels import LutWeight, lut_matmul  # noqa: E402
 from memtool.kernels import lut_triton as LT  # noqa: E402
+from memtool.bench.harness import GRAPH_CALLS  # noqa: E402  (calls a graph replay makes, at least)
 from memtool.kernels.lut_ref import lut_matmul_f64  # noqa: E402
 
 T0 = time.time()
@@ -111,9 +112,6 @@ def triton_np2(m):
     return 1 << max(0, (m - 1).bit_length())
 
 
-GRAPH_CALLS = 32  # calls one graph replay makes, at least (the rotation repeated)
-
-
 def graph_time_us(fns, calls=None):
     """Time of one call in steady state, µs: a CUDA graph calls ``fns`` in turn (the rotation), repeated to at
     least ``calls`` calls (default :data:`GRAPH_CALLS`), replayed back to back between two CUDA events (median of 10
@@ -123,7 +121,7 @@ def graph_time_us(fns, calls=None):
     replay on an H100)."""
     import triton.testing
 
-    reps = 1 if not calls and calls is not None else max(1, math.ceil((calls or GRAPH_CALLS) / len(fns)))
+    reps = max(1, math.ceil((GRAPH_CALLS if calls is None else calls) / len(fns)))  # calls=0: one rotation
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -164,10 +162,10 @@ def checked_time_us(run, w, ref, cps):
     return err, graph_time_us([lambda W=W: run(W) for W in cps])
 
 
-def cublas_fp16_us(x, n, k, l2):
-    """cuBLAS fp16 ``F.linear`` time of x [M, K] against rotated random [N, K] weights (graph_time_us)."""
+def cublas_fp16_us(x, n, k, l2, calls=None):
+    """cuBLAS fp16 ``F.linear`` time of x [M, K] against rotated random [N, K] weights (graph_time_us, ``calls``)."""
     cps = [torch.randn(n, k, device=x.device, dtype=torch.float16) * 0.02 for _ in range(n_copies(n * k * 2, l2))]
-    t = graph_time_us([lambda W=W: torch.nn.functional.linear(x, W) for W in cps])
+    t = graph_time_us([lambda W=W: torch.nn.functional.linear(x, W) for W in cps], calls)
     del cps
     torch.cuda.empty_cache()
     return t

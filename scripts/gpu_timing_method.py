@@ -19,7 +19,7 @@ import sys
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-from scripts.gpu_lut_bench import graph_time_us, n_copies, rand_weight, rotated_copies, save_json  # noqa: E402
+from scripts.gpu_lut_bench import cublas_fp16_us, graph_time_us, rand_weight, rotated_copies, save_json  # noqa: E402
 
 
 def main():
@@ -43,10 +43,7 @@ def main():
         n, k = (int(v) for v in sh.split("x"))
         for m in (int(v) for v in a.ms.split(",")):
             x = torch.randn(m, k, device=dev, dtype=torch.float16)
-            ws = [torch.randn(n, k, device=dev, dtype=torch.float16) * 0.02 for _ in range(n_copies(n * k * 2, l2))]
-            t16 = {c: graph_time_us([lambda W=W: torch.nn.functional.linear(x, W) for W in ws], c) for c in calls}
-            del ws
-            torch.cuda.empty_cache()
+            t16 = {c: cublas_fp16_us(x, n, k, l2, c) for c in calls}
             print(f"{n}x{k} M={m} cuBLAS fp16: " + ", ".join(f"{c}: {t:.1f}" for c, t in t16.items()), flush=True)
             for bits in (int(v) for v in a.bits.split(",")):
                 w = rand_weight("affine", bits, n, k, 128, dev, seed=bits)

@@ -5,7 +5,7 @@ units of one plane is one contiguous run; 16-byte vector loads) and decode in re
 
 * ``wgmma`` (Hopper, affine 2/3/4-bit, whole tiles; :mod:`memtool.kernels.lut_wgmma`, Gluon): the decoded
   codes are wgmma's A operand in registers, no layout conversion; the tuner's pick at every M on H100/H200
-  (3-bit: 3.8x / 3.5x / 2.2x cuBLAS fp16 at M = 1 / 16 / 64 on an H100, 3.3x / 2.85x / 1.6x on an H200).
+  (3-bit: 4.2x / 3.8x / 2.2x cuBLAS fp16 at M = 1 / 16 / 64 on an H100, 3.7x / 2.9x / 1.6x on an H200).
 * ``fast`` (affine weights, small M; :mod:`memtool.kernels.lut_gemv`): one ``lop3`` per code into an fp32
   mantissa, no converts; the first choice at M=1 off Hopper (2.0-2.2x cuBLAS fp16 on an H200 at 3 bits).
 * ``_gemv_kernel`` (small M, no tensor cores; one program per activation row x BN output rows x a K-range
