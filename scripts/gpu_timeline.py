@@ -33,6 +33,7 @@ def main():
     ap.add_argument("--shapes", default="8192x28672")
     ap.add_argument("--ms", default="1,16")
     ap.add_argument("--bits", default="3,4")
+    ap.add_argument("--pdl", type=int, default=1, help="programmatic launch level (lut_wgmma.launch's pdl)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
     from memtool.kernels import lut_wgmma as WG
@@ -45,7 +46,7 @@ def main():
         bm, bn, split, nw, st, reg = CFG[1 if m <= 8 else 16]
 
         def run(W, times=None):
-            return WG.launch(x, W, bm, bn, split, nw, st, maxnreg=reg, times=times)
+            return WG.launch(x, W, bm, bn, split, nw, st, maxnreg=reg, times=times, pdl=a.pdl)
 
         t = graph_time_us([lambda W=W: run(W) for W in cps])
         tims = [torch.zeros(65536, 3, dtype=torch.int64, device=dev) for _ in cps]  # rows past the grid stay 0

@@ -42,7 +42,7 @@ def variants(spec):
         mod = mod.removesuffix("@alone")
         kw = dict(bm=int(bm), bn=int(bn), num_warps=int(nw), stages=int(st), split=int(sp), maxnreg=int(reg))
         if not mod.startswith("_ab"):
-            kw.update(pdl=pdl == "1", fold=fold == "1" or None)
+            kw.update(pdl=int(pdl), fold=fold == "1" or None)
         out.append((v, mod, kw, alone))
     return out
 

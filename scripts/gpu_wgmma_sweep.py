@@ -23,6 +23,7 @@ sys.path.insert(0, os.getcwd())
 from memtool.kernels import lut_triton as LT  # noqa: E402
 from memtool.kernels import lut_wgmma as WG  # noqa: E402
 from memtool.kernels.lut_ref import lut_matmul_f64  # noqa: E402
+from memtool.kernels.lut_types import LutWeight  # noqa: E402
 from scripts.gpu_lut_bench import cases, checked_time_us, graph_time_us, rand_weight, save_json  # noqa: E402
 
 
@@ -38,9 +39,9 @@ def check(dev):
                 x = torch.randn(m, k, device=dev, dtype=dt)
                 ref = lut_matmul_f64(x, w)
                 bm = min(64, max(8, 1 << (m - 1).bit_length()))
-                variants = [(64, 4, False, 3, 0, False), (64, 4, False, 6, 0, True),
-                            (128, 8, False, 4, 0, False), (bn, 4, True, 3, 0, False),
-                            (64, 4, False, 4, 96, True), (128, 8, False, 3, 0, True)]  # fmt: skip
+                variants = [(64, 4, False, 3, 0, 0), (64, 4, False, 6, 0, 1),
+                            (128, 8, False, 4, 0, 0), (bn, 4, True, 3, 0, 0),
+                            (64, 4, False, 4, 96, 2), (128, 8, False, 3, 0, 2)]  # fmt: skip
                 for vbn, nw, fold, stg, reg, pdl in variants:
                     try:
                         out = torch.full((m, n), float("nan"), device=dev, dtype=dt)
@@ -57,6 +58,63 @@ def check(dev):
     return bad
 
 
+def centered(bits, seed, n=4096, k=4096, g=128):
+    """Affine weights whose groups have mean zero (the bias centres the codes), so that a chain of them keeps
+    the activations' scale (random biases grow it a hundredfold a step)."""
+    gen = torch.Generator().manual_seed(seed)
+    c = torch.randint(0, 2**bits, (n, k), dtype=torch.uint8, generator=gen)
+    s = (torch.rand(n, k // g, generator=gen) + 0.5) * (3.0 / ((2**bits - 1) * k**0.5))
+    return LutWeight.from_codes(c, "affine", bits, g, scale=s, bias=-s * (2**bits - 1) / 2)
+
+
+def chain_check(dev, steps=6):
+    """Back-to-back calls that feed each other (y_i+1 = y_i W_i^T, 4096x4096) with every programmatic-launch level
+    (2: the next call's prep starts during this kernel and waits for it), eagerly into NaN-filled outputs and in a
+    CUDA graph replayed with two different inputs (a read of the previous replay's values would show): every step
+    against float64 of the previous step's output. Returns the failures."""
+    bad = 0
+    for m, bits, split in ((1, 3, 4), (16, 4, 3), (16, 3, 1)):
+        ws = [centered(bits, seed=10 * i + bits).to(dev) for i in range(steps)]
+        bm = min(64, max(8, 1 << (m - 1).bit_length()))
+        for pdl in (0, 1, 2):
+
+            def chain(x0, outs):
+                y = x0
+                for w, o in zip(ws, outs):
+                    y = WG.launch(y, w, bm, 64, split, 4, 3, out=o, pdl=pdl)
+                return y
+
+            def verify(x0, outs, how):
+                nonlocal bad
+                prev, worst = x0, 0.0
+                for w, o in zip(ws, outs):
+                    ref = lut_matmul_f64(prev, w)
+                    worst = max(worst, ((o.double() - ref).norm() / ref.norm()).item())
+                    prev = o
+                ok = worst < 1e-3 and all(torch.isfinite(o).all() for o in outs)
+                bad += not ok
+                print(f"chain m={m} q{bits} split={split} pdl={pdl} {how}: {'ok' if ok else 'FAIL'} {worst:.1e}",
+                      flush=True)  # fmt: skip
+
+            x0 = torch.randn(m, 4096, device=dev, dtype=torch.float16) 
+            outs = [torch.full((m, 4096), float("nan"), device=dev, dtype=torch.float16) for _ in ws]
+            torch.cuda.synchronize()
+            chain(x0, outs)
+            torch.cuda.synchronize()
+            verify(x0, outs, "eager")
+            xs = x0.clone()
+            chain(xs, outs)  # compile/warm outside the capture
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                chain(xs, outs)
+            for trial in range(2):
+                xs.copy_(torch.randn_like(xs) )
+                g.replay()
+                torch.cuda.synchronize()
+                verify(xs, outs, f"graph replay {trial}")
+    return bad
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", default="8192x28672,28672x8192,4096x4096")
@@ -68,6 +126,7 @@ def main():
     ap.add_argument("--splits", default="", help="explicit split-K values (instead of --waves)")
     ap.add_argument("--no-check", action="store_true")
     ap.add_argument("--check-only", action="store_true")
+    ap.add_argument("--chain-only", action="store_true", help="only the back-to-back (programmatic launch) check")
     ap.add_argument("--module", default="lut_wgmma", help="kernel module under memtool.kernels (A/B runs)")
     ap.add_argument("--stages", default="3")
     ap.add_argument("--maxnreg", default="0", help="register caps to sweep (0: the compiler's choice)")
@@ -85,7 +144,10 @@ def main():
     sms = props.multi_processor_count
     print(f"device {props.name} sms={sms} torch {torch.__version__}", flush=True)
     dev = torch.device("cuda")
-    bad = 0 if a.no_check else check(dev)
+    if a.chain_only:
+        print(f"chain check: {chain_check(dev)} failures ({time.time() - t0:.0f}s)", flush=True)
+        return
+    bad = 0 if a.no_check else check(dev) + chain_check(dev)
     print(f"check: {bad} failures ({time.time() - t0:.0f}s)", flush=True)
     if a.check_only:
         return

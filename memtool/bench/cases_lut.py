@@ -53,11 +53,19 @@ def lut_workload(n: int, k: int, m: int, bits: int, group: int, torch_device: st
     def run(st: tuple[Any, Any]) -> Any:
         return lut_matmul(st[0], st[1])
 
+    extra: dict[str, Any] = {"kind": kind, "bits": bits}
+
     def check(st: tuple[Any, Any]) -> float:
         from memtool.kernels.lut_ref import lut_matmul_f64
 
         x, w = st
         y = lut_matmul(x, w)  # first call: tunes the launch configuration
+        if x.is_cuda:  # the configuration the tuner picked, in the row
+            from memtool.kernels.lut_triton import choose
+
+            c = choose(x, w)
+            extra["config"] = f"{c.path} bm{c.bm} bn{c.bn} split{c.split} w{c.num_warps} st{c.num_stages}" + (
+                f" r{c.maxnreg}" if c.maxnreg else "")  # fmt: skip
         ref = lut_matmul_f64(x, w)
         return float((y.double() - ref).norm() / ref.norm())
 
@@ -67,8 +75,7 @@ def lut_workload(n: int, k: int, m: int, bits: int, group: int, torch_device: st
     act_b = 2 if act == torch.float16 else 4
     return Workload(n, k, m, dtype=f"lut {kind} {bits}-bit g{group}", setup=setup, run=run, weight_bits=bits,
                     group_size=group, scale_bits=16, zero_bits=16, act_bytes=act_b,
-                    bytes=nbytes_w + m * k * act_b + m * n * act_b, check=check,
-                    extra={"kind": kind, "bits": bits})  # fmt: skip
+                    bytes=nbytes_w + m * k * act_b + m * n * act_b, check=check, extra=extra)  # fmt: skip
 
 
 def _cases(bits: int):

@@ -3,7 +3,7 @@
 Timing. GPU: ``triton.testing.do_bench`` median (it warms up and flushes L2 between calls) or, with
 ``timer="events"``, CUDA events around back-to-back calls; ``cuda_graph=True`` captures the calls in a CUDA graph
 first (removes launch overhead; at least :data:`GRAPH_CALLS` calls a replay, so the replay's own cost is spread
-thin). CPU: ``time.perf_counter`` median per call, labelled ``device=cpu``.
+thin) and then times with events by default (``timer="auto"``). CPU: ``time.perf_counter`` median per call, labelled ``device=cpu``.
 
 Rotation. Every workload is built ``copies`` times (weights and activations) and the timed calls cycle through
 the copies, so the data a call reads was evicted by the calls before it: ``copies * bytes`` exceeds 3x the L2
@@ -318,7 +318,9 @@ def _run_bench(cases, groups, device, ms, shapes, quick, timer, cuda_graph, base
         import torch
 
         torch.cuda.set_device(torch.device(torch_device))
-        if timer == "auto":
+        if timer == "auto" and cuda_graph:  # replays back to back, the steady state of a long graph (do_bench
+            timer = "events"  # flushes the L2 before each replay, and the dirty lines are written back during it)
+        elif timer == "auto":
             try:
                 import triton.testing  # noqa: F401
 

@@ -25,7 +25,8 @@ def register(app: typer.Typer) -> None:
                                                       "4096x4096,8192x28672.")] = None,
         quick: Annotated[bool, typer.Option("--quick", help="Small shapes and short timings (CPU smoke run).")] = False,
         device: Annotated[str, typer.Option(help="auto, cpu, cuda or cuda:N.")] = "auto",
-        timer: Annotated[str, typer.Option(help="GPU timer: auto (do_bench), do_bench, events.")] = "auto",
+        timer: Annotated[str, typer.Option(help="GPU timer: auto (events with --cuda-graph, else do_bench), "
+                                                    "do_bench, events.")] = "auto",
         cuda_graph: Annotated[bool, typer.Option("--cuda-graph", help="Time CUDA-graph replays (no launch "
                                                  "overhead).")] = False,
         baseline: Annotated[bool, typer.Option("--baseline/--no-baseline", help="Speedup vs the fp16 linear "

@@ -370,7 +370,8 @@ if HAVE_GLUON:
     def _raw_kernel(xp_ptr, xs_ptr, q_ptr, tp_ptr, out_ptr, ws_ptr, cnt_ptr, M, N, KU, NT, TPS,
                     NSPLIT, magic, times_ptr, BITS: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr,
                     PLAN: gl.constexpr, BF16: gl.constexpr, NW: gl.constexpr, H: gl.constexpr, SPLIT: gl.constexpr,
-                    SL4: gl.constexpr, PDL: gl.constexpr, XM: gl.constexpr, TIMES: gl.constexpr):  # fmt: skip
+                    SL4: gl.constexpr, PDL: gl.constexpr, XM: gl.constexpr, TIMES: gl.constexpr,
+                    TRIG: gl.constexpr):  # fmt: skip
         """Program (BN = 16 * NW rows, K-range of TPS tiles, BM activation rows): y^T = W x^T on the tensor
         cores; A = raw decoded codes in registers, B = the prepped activation tile in shared memory.
 
@@ -380,7 +381,9 @@ if HAVE_GLUON:
         memory and one barrier per tile suffices (the one that frees the slot refilled next). The sources move a
         constant stride a tile, so the copies of an iteration's slots differ by immediates (no clamping: a tile
         past the range brings zero activations and sums, see below). PDL: launched with programmatic dependent
-        launch after the prep, the program requests its first tiles' words before it waits for it."""
+        launch after the prep, the program requests its first tiles' words before it waits for it. TRIG: once its
+        loop is done, the program lets a grid launched after this one by programmatic dependent launch (the next
+        call's prep) start: the last programs' split-K fix-up and the kernel's end hide that launch."""
         pid_n = gl.program_id(0)
         pid_s = gl.program_id(1)
         pid_m = gl.program_id(2)
@@ -453,6 +456,9 @@ if HAVE_GLUON:
             wit += H * (BITS * 256)
             sit += H * sstep
         wait_group(0)
+        if TRIG:  # the next call's prep may launch now (it waits for our end before it reads anything)
+            gl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=gl.int32,
+                                      is_pure=False, pack=1)  # fmt: skip
         _finish(acc, out_ptr, ws_ptr, cnt_ptr, rows, ms, mmask, M, N, pid_s, pid_m * gl.num_programs(0) + pid_n,
                 NSPLIT, SPLIT)  # fmt: skip
         if TIMES:  # (diagnostics) when the program started and ended (ns, %globaltimer) and on which SM
@@ -545,17 +551,21 @@ def row_bases(bn: int, num_warps: int) -> tuple[tuple[int, int], ...]:
 
 def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4, stages: int = 3,
            fold: Optional[bool] = None, maxnreg: int = 0, out: Optional[torch.Tensor] = None,
-           pdl: bool = True, times: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
+           pdl: int = 2, times: Optional[torch.Tensor] = None) -> torch.Tensor:  # fmt: skip
     """y = x2 @ W^T through the wgmma kernel (the caller checked :func:`supports`). ``fold`` (default:
     bm >= 32): the decode makes the weights ``code * s + b`` in fp16/bf16 (one rounding a weight, like a
     dequantized model) and wgmma accumulates over all of K, instead of raw codes scaled in fp32 per tile
     (measured on an H200 at M=64: 120 -> 88 us; max relative error 3.1e-4 vs 2.1e-4); ``stages``: the raw
     kernel's slots H (2-6: tiles copied H - 1 ahead), the folded kernel's activation ring depth; ``maxnreg``:
-    register cap per thread (0: ptxas decides); ``pdl``: the raw kernel starts by programmatic dependent launch
-    while the activation prep runs and requests its first words before it waits for the prep (H100: 0.5-1 us
-    of 47-60); ``times`` (diagnostics, raw kernel only): an int64 [programs, 3] tensor that gets each program's
-    start and end (%globaltimer, ns) and SM (``scripts/gpu_timeline.py``). Split-K partials are added by the last
-    program of each row block (no extra launch), or at large M (big partial tiles) by a reduction kernel."""
+    register cap per thread (0: ptxas decides); ``pdl`` (programmatic dependent launch, raw kernel): 1, the
+    kernel starts while the activation prep runs and requests its first words before it waits for the prep
+    (H100: 0.5-1 us of 47-60); 2 (default), the prep is launched that way too (it waits for the end of the grid
+    before it, then reads x) and the kernel lets the next grid launch once its loop is done, so that back-to-back
+    calls hide the prep's launch (H200, 8192x28672: M=16 39.3-39.4 -> 38.7-38.9 us 4-bit, 40.6-41.1 -> 39.8-40.1
+    3-bit; M=1 4-bit 35.0 -> 34.2-34.4, 3-bit 31.1-31.8 -> 31.6-31.8); ``times`` (diagnostics, raw kernel only):
+    an int64 [programs, 3] tensor that gets each program's start and end (%globaltimer, ns) and SM
+    (``scripts/gpu_timeline.py``). Split-K partials are added by the last program of each row block (no extra
+    launch), or at large M (big partial tiles) by a reduction kernel."""
     m, k = x2.shape
     n = w.out_features
     ku = lut_layout.num_units(k)
@@ -578,8 +588,15 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
     grid = (n // bn, split, triton.cdiv(m, bm))
     ws = out if split == 1 else torch.empty(split, m, n, dtype=torch.float32, device=x2.device)
     cnt = out if split == 1 else _counters(x2.device, grid[0] * grid[2])
-    pdl = pdl and not fold and x2.device.index not in _NO_PDL
-    xp, xs = prep_activations(x2, w.bits, raw=not fold, bm=bm, pdl=pdl)
+    pdl = int(pdl) if not fold and x2.device.index not in _NO_PDL else 0
+    try:
+        xp, xs = prep_activations(x2, w.bits, raw=not fold, bm=bm, pdl=pdl > 0, wait=pdl > 1)
+    except RuntimeError:  # a driver that cannot launch the prep programmatically: plain stream order from now on
+        if pdl < 2:
+            raise
+        pdl = 0
+        _NO_PDL.add(x2.device.index)
+        xp, xs = prep_activations(x2, w.bits, raw=not fold, bm=bm)
     bf16 = x2.dtype == torch.bfloat16
     mode = 0 if split == 1 else (2 if fold else 1)  # fused split-K reduction, except for the large folded tiles
     mode += 4 if m * n * split >= 2**31 else 0
@@ -591,13 +608,15 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
     if fold:
         kern = _fold_kernel[grid](xp, *args, RB=row_bases(bn, num_warps), STAGES=max(2, stages), **meta)
     else:
-        raw = dict(H=halves, SL4=sums_layout(bm, num_warps), XM=m % bm != 0, TIMES=times is not None, **meta)
+        raw = dict(H=halves, SL4=sums_layout(bm, num_warps), XM=m % bm != 0, TIMES=times is not None,
+                   TRIG=pdl > 1, **meta)  # fmt: skip
         args = args + (out if times is None else times,)
         try:
-            kern = _raw_kernel[grid](xp, xs, *args, PDL=pdl, **raw, **({"launch_pdl": True} if pdl else {}))
+            kern = _raw_kernel[grid](xp, xs, *args, PDL=pdl > 0, **raw, **({"launch_pdl": True} if pdl else {}))
         except RuntimeError:  # a driver that cannot launch it programmatically: plain stream order from now on
             if not pdl:
                 raise
+            raw["TRIG"] = False
             kern = _raw_kernel[grid](xp, xs, *args, PDL=False, **raw)  # (raises again if that was not the cause)
             _NO_PDL.add(x2.device.index)
     if mode % 4 == 2:

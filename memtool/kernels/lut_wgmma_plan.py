@@ -129,17 +129,22 @@ def tile_shift(bits: int, mantissa: int) -> list[int]:
 
 @triton.jit
 def _prep_kernel(x_ptr, scl_ptr, xp_ptr, xs_ptr, M, K, NT, NTP, stride_xm, MAGIC, BM: tl.constexpr,
-                 SR: tl.constexpr, TB: tl.constexpr, RAW: tl.constexpr, PDL: tl.constexpr):  # fmt: skip
+                 SR: tl.constexpr, TB: tl.constexpr, RAW: tl.constexpr, PDL: tl.constexpr,
+                 WAIT: tl.constexpr):  # fmt: skip
     """x [M, K] -> xp [MB, NTP, BM, 128]: row m of tile t of row block mb = x[mb * BM + m] in the kernel's k'
     order: column k' = x[t*128 + tile_perm[k']] (0 past K), times ``scl[k'] = 2^-f`` with RAW (exact: a power of
     two); RAW also writes xs [MB, NTP, SR, 2] = (sum of the tile's x, MAGIC * sum of its scaled x) in fp32, the
     terms the kernel's epilogue needs (rows BM..SR-1 unused, never written: a tile is 256 bytes like a tile's
     parameters). Zero past row M and past tile NT (NTP - NT tiles): the kernel copies tiles unmasked, each a
     constant stride from the last, and a tile of zeros adds nothing. One program: TB tiles of one row. PDL: let
-    the kernel launched after this one with programmatic dependent launch start now (it waits for our results)."""
+    the kernel launched after this one with programmatic dependent launch start now (it waits for our results).
+    WAIT: this prep was itself launched that way (it may start before the grid that wrote x has finished):
+    ``griddepcontrol.wait`` before anything is read or written."""
     if PDL:
         tl.inline_asm_elementwise("griddepcontrol.launch_dependents; // $0", "=r", [], dtype=tl.int32,
                                   is_pure=False, pack=1)  # fmt: skip
+    if WAIT:
+        tl.inline_asm_elementwise("griddepcontrol.wait; // $0", "=r", [], dtype=tl.int32, is_pure=False, pack=1)
     m = tl.program_id(1)
     b = tl.program_id(0) * TB + tl.arange(0, TB)
     j = tl.arange(0, 128)
@@ -160,12 +165,13 @@ def _prep_kernel(x_ptr, scl_ptr, xp_ptr, xs_ptr, M, K, NT, NTP, stride_xm, MAGIC
 
 
 def prep_activations(x2: torch.Tensor, bits: int, raw: bool = True, bm: int = 0, pdl: bool = False, tb: int = 4,
-                     num_warps: int = 1) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+                     num_warps: int = 1, wait: bool = False) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
     """x2 [M, K] -> (xp [MB, NT + PAD_TILES, bm, 128]: the activations by blocks of ``bm`` rows (the kernel's BM;
     default M) and tiles of 128 k, each tile in the kernel's k' order (:func:`tile_perm`), scaled by ``2^-f`` per
     column when ``raw`` (:func:`tile_shift`); xs [MB, NT + PAD_TILES, max(bm, 32), 2] fp32 = (tile sum of x,
     magic * tile sum of xp) in rows 0..bm-1, the others unused), zero past row M and past tile NT. ``pdl``: the
-    next kernel is launched with programmatic dependent launch and may start while this one runs (GPU only).
+    next kernel is launched with programmatic dependent launch and may start while this one runs (GPU only);
+    ``wait``: launch this one that way too (it waits for the grid before it; GPU only).
     ``tb`` tiles of one row a program, ``num_warps`` warps (one warp: measured 0.3-0.4 us faster than 4 on an H100,
     M = 1 and 16; 4 tiles: faster than 2, 8 or 16)."""
     m, k = x2.shape
@@ -179,9 +185,10 @@ def prep_activations(x2: torch.Tensor, bits: int, raw: bool = True, bm: int = 0,
     mant = MANTISSA.get(x2.dtype, 10)
     scl = device_table(f"wgmma_scale{mant}", bits, x2.device, lambda b: [2.0**-f for f in tile_shift(b, mant)],
                        torch.float32)  # fmt: skip
+    wait = wait and x2.is_cuda
     _prep_kernel[(triton.cdiv(ntp, tb), mb * bm)](  # PDL is GPU code (inline PTX)
         x2, scl, xp, xs, m, k, nt, ntp, x2.stride(0), MAGIC.get(x2.dtype, 1.0), BM=bm, SR=sr, TB=tb, RAW=raw,
-        PDL=pdl and x2.is_cuda, num_warps=num_warps)  # fmt: skip
+        PDL=pdl and x2.is_cuda, WAIT=wait, num_warps=num_warps, **({"launch_pdl": True} if wait else {}))  # fmt: skip
     return xp, xs
 
 
