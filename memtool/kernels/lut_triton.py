@@ -39,8 +39,8 @@ Measured numbers and the known gaps: docs/bench/lut_kernels.md.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from typing import Any, Callable, Optional
+from dataclasses import dataclass, replace
+from typing import Optional
 
 import torch
 import triton
@@ -700,8 +700,10 @@ def launch(x2: torch.Tensor, w: LutWeight, cfg: Config, out: Optional[torch.Tens
     return out
 
 
-def _graph_us(fns, trials: int, calls: int) -> float:
-    """Median time of a CUDA graph that runs ``fns`` in turn ``calls`` times, replayed ``trials`` times (us)."""
+def _time(fns, trials: int = 3, calls: int = 12) -> float:
+    """GPU time of one call, us: the callables ``fns`` in turn, ``calls`` calls or more (whole rotations) captured
+    in a CUDA graph (as in a served model: CUDA graphs / torch.compile), replayed ``trials`` times (median)."""
+    reps = -(-calls // len(fns))
     s = torch.cuda.Stream()
     s.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(s):
@@ -711,7 +713,7 @@ def _graph_us(fns, trials: int, calls: int) -> float:
     torch.cuda.synchronize()
     g = torch.cuda.CUDAGraph()
     with torch.cuda.graph(g):
-        for _ in range(calls):
+        for _ in range(reps):
             for f in fns:
                 f()
     g.replay()
@@ -724,29 +726,28 @@ def _graph_us(fns, trials: int, calls: int) -> float:
         g.replay()
         b.record()
         b.synchronize()
-        ts.append(a.elapsed_time(b) * 1000.0)
+        ts.append(a.elapsed_time(b) * 1000.0 / (reps * len(fns)))
     del g
     return sorted(ts)[len(ts) // 2]
 
 
-def _scrub(device) -> Callable[[], Any]:
-    """A read of twice the L2 (into a preallocated scalar, so it can be captured): between two timed calls it
-    evicts the weight as a model's other layers would. Without it the tuner timed one weight over and over, and
-    what stayed in L2 (a good part of a 117 MB weight on an H200's 60 MB) made slower configurations look faster
-    (H200, 4-bit 8192x28672 M=16: split 4 picked at 43.0 us over split 5 at 38.6 in the benchmark)."""
-    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20) or (50 << 20)
-    buf = torch.zeros(2 * l2 // 4, dtype=torch.float32, device=device)
-    out = torch.empty((), dtype=torch.float32, device=device)
-    return lambda: torch.sum(buf, out=out)
-
-
-def _time(fn, scrub=None, trials: int = 3, calls: int = 10) -> float:
-    """GPU time of one call, us: ``calls`` calls captured in a CUDA graph (as in a served model: CUDA graphs /
-    torch.compile), replayed ``trials`` times (median); with ``scrub``, each call after it and the scrub's own
-    time (a graph of scrubs alone) taken off."""
-    if scrub is None:
-        return _graph_us([fn], trials, calls) / calls
-    return (_graph_us([scrub, fn], trials, calls) - _graph_us([scrub], trials, calls)) / calls
+def _rotation(w: LutWeight) -> list[LutWeight]:
+    """``w`` and copies of it (fresh tensors, no caches) that together exceed twice the L2, within a quarter of
+    the free memory: timed in turn, each call reads its weight from DRAM, as the layers of a model do. The tuner
+    used to time one weight over and over, and what stayed in L2 (a good part of a 117 MB weight on an H200's
+    60 MB) made slower configurations look faster (H200, 4-bit 8192x28672 M=16: split 4 picked at 43.0 us over
+    split 5 at 38.6 in the rotated benchmark). Without room for a copy: ``[w]``."""
+    dev = w.qweight.device
+    l2 = getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", 0) or (50 << 20)
+    nb = max(1, w.nbytes())
+    free, _ = torch.cuda.mem_get_info(dev)
+    n = max(1, min(2 * l2 // nb + 1, int(0.25 * free // nb) + 1, 64))
+    out = [w]
+    for _ in range(n - 1):
+        kw = {f: None if getattr(w, f) is None else getattr(w, f).clone()
+              for f in ("qweight", "scales", "biases", "alphas", "offsets", "table")}  # fmt: skip
+        out.append(replace(w, cache={}, **kw))
+    return out
 
 
 def _pick(x2: torch.Tensor, w: LutWeight, cands: list[Config]) -> Optional[Config]:
@@ -760,20 +761,19 @@ def _pick(x2: torch.Tensor, w: LutWeight, cands: list[Config]) -> Optional[Confi
             return c
         return None
     times = []
-    scrub = _scrub(x2.device)
+    rot = _rotation(w)
     for c in cands:
         try:
-            times.append((_time(lambda: launch(x2, w, c), scrub), c))
+            times.append((_time([lambda W=W: launch(x2, W, c) for W in rot]), c))
         except Exception:  # noqa: BLE001  (a config that does not compile / fit is skipped)
             continue
-    del scrub
+    del rot
     return _earliest_within(times)
 
 
 def _earliest_within(times: list, tol: float = 0.02):
     """The earliest of ``(time, config)`` pairs within ``tol`` of the fastest (None if empty): candidates come in
-    the order measured best in the benchmarks (rotated weights), and the tuner's own timing (one weight, partly
-    in L2) is that noisy."""
+    the order measured best in the benchmarks, and the tuner's own timing (3 short samples) is that noisy."""
     if not times:
         return None
     fastest = min(t for t, _ in times)
