@@ -5,7 +5,7 @@ units of one plane is one contiguous run; 16-byte vector loads) and decode in re
 
 * ``wgmma`` (Hopper, affine 2/3/4-bit, whole tiles; :mod:`memtool.kernels.lut_wgmma`, Gluon): the decoded
   codes are wgmma's A operand in registers, no layout conversion; the tuner's pick at every M on H100/H200
-  (3-bit: 4.2x / 3.8x / 2.2x cuBLAS fp16 at M = 1 / 16 / 64 on an H100, 3.7x / 2.9x / 1.6x on an H200).
+  (3-bit: 4.3x / 3.9x / 2.25x cuBLAS fp16 at M = 1 / 16 / 64 on an H100, 3.6x / 3.0x / 1.65x on an H200).
 * ``fast`` (affine weights, small M; :mod:`memtool.kernels.lut_gemv`): one ``lop3`` per code into an fp32
   mantissa, no converts; the first choice at M=1 off Hopper (2.0-2.2x cuBLAS fp16 on an H200 at 3 bits).
 * ``_gemv_kernel`` (small M, no tensor cores; one program per activation row x BN output rows x a K-range
@@ -30,7 +30,8 @@ On the GPU the fp16 halves are split with ``tl.inline_asm_elementwise`` (``mov.b
 values and everything is upcast to fp32 right after loading (the interpreter mishandles bf16).
 
 Launch configurations are chosen per shape by timing the candidates on the first call on a GPU, each in a
-CUDA graph (GPU time only; ``MEMTOOL_LUT_TUNE=0``: the first candidate that compiles; ``MEMTOOL_LUT_ALL_PATHS=1``:
+CUDA graph over rotated copies of the weight (GPU time only, weights read from DRAM as in a model; see
+:func:`_rotation`; ``MEMTOOL_LUT_TUNE=0``: the first candidate that compiles; ``MEMTOOL_LUT_ALL_PATHS=1``:
 time the Triton paths next to the wgmma kernel on Hopper; inside someone else's
 graph capture: the first candidate, tuned later); the choice is cached in-process.
 Measured numbers and the known gaps: docs/bench/lut_kernels.md.

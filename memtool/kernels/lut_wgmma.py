@@ -37,9 +37,10 @@ barriers). The group scales and biases come from a tile-major copy (:func:`tile_
 bytes per tile), the activations and their sums tile-major by row blocks from the prep, both padded with zero
 tiles: every source moves a constant stride a tile, nothing is clamped, and the copies of an iteration's slots
 are immediate offsets from one address. The kernel is launched with programmatic dependent launch and
-requests its first words while the prep still runs. Split-K partials are added by the last program of each
-row block. Measured (docs/bench/lut_kernels.md, 8192x28672, session 10, CUDA graphs of 32 calls): H100 3-bit
-4.2x / 3.8x cuBLAS fp16 at M = 1 / 16, 4-bit 3.45x / 3.2x; H200 3-bit 3.66x / 2.94x, 4-bit 3.2x / 2.97x.
+requests its first words while the prep still runs; the prep is launched that way too, and each program of the
+kernel lets the next call's prep launch once its loop is done. Split-K partials are added by the last program of
+each row block. Measured (docs/bench/lut_kernels.md, 8192x28672, session 11, CUDA graphs of 32 calls): H100 3-bit
+4.3x / 3.9x cuBLAS fp16 at M = 1 / 16, 4-bit 3.5x / 3.2x; H200 3-bit 3.6x / 3.0x, 4-bit 3.3x / 3.0x.
 
 Only on a CUDA device of compute capability 9.x with a Triton that has Gluon; the dispatcher
 (:mod:`memtool.kernels.lut_triton`) offers it as path ``"wgmma"`` when :func:`supports` says yes. The
@@ -561,8 +562,8 @@ def launch(x2: torch.Tensor, w, bm: int, bn: int, split: int, num_warps: int = 4
     kernel starts while the activation prep runs and requests its first words before it waits for the prep
     (H100: 0.5-1 us of 47-60); 2 (default), the prep is launched that way too (it waits for the end of the grid
     before it, then reads x) and the kernel lets the next grid launch once its loop is done, so that back-to-back
-    calls hide the prep's launch (H200, 8192x28672: M=16 39.3-39.4 -> 38.7-38.9 us 4-bit, 40.6-41.1 -> 39.8-40.1
-    3-bit; M=1 4-bit 35.0 -> 34.2-34.4, 3-bit 31.1-31.8 -> 31.6-31.8); ``times`` (diagnostics, raw kernel only):
+    calls hide the prep's launch (H200, 8192x28672: M=16 39.3-39.8 -> 38.6-39.0 us 4-bit, 40.6-41.2 -> 39.8-41.1
+    3-bit; M=1 4-bit 35.0-35.6 -> 34.2-34.4, 3-bit 31.1-31.8 -> 31.6-31.8); ``times`` (diagnostics, raw kernel only):
     an int64 [programs, 3] tensor that gets each program's start and end (%globaltimer, ns) and SM
     (``scripts/gpu_timeline.py``). Split-K partials are added by the last program of each row block (no extra
     launch), or at large M (big partial tiles) by a reduction kernel."""
