@@ -590,10 +590,11 @@ def candidates(m: int, n: int, k: int, w: LutWeight, device, wgmma: bool = True,
         bm = min(64, max(8, 1 << (m - 1).bit_length()))
         if bm >= 32:  # folded scales (M=64 on an H200: 128 rows / 8 warps / split 4 best)
             shapes = (((128, 8, 3, 0), (4.0, 2.0, 6.0)), ((64, 4, 3, 0), (4.0, 2.0, 6.0)))
-        elif bm >= 16:  # a 96-register cap: 5 programs per SM (H100, 4-bit 8192x28672: 57.9 -> 57.0 us); 5 slots
-            # at that cap (H200, 3-bit: 43.6 -> 42.8 us; 4-bit slower: 44.3 -> 46.4)
-            shapes = (((64, 4, 3, 96), (5.0, 4.0)), ((64, 4, 5, 96), (5.0,)), ((64, 4, 4, 0), (4.0, 6.0, 3.0)),
-                      ((64, 4, 3, 0), (4.0, 3.0)), ((128, 8, 3, 0), (2.0, 3.0)))  # fmt: skip
+        elif bm >= 16:  # 4 slots, 4 programs per SM first (8192x28672, session 11, H200: 4-bit 39.0-39.3 -> 38.5
+            # us, 3-bit 40.1-40.6 -> 39.3; H100: equal or 0.5 us faster); a 96-register cap: 5 programs per SM (H100,
+            # 4-bit 8192x28672: 57.9 -> 57.0 us); 5 slots at that cap (H200, 3-bit: 43.6 -> 42.8 us)
+            shapes = (((64, 4, 4, 0), (4.0,)), ((64, 4, 3, 96), (5.0, 4.0)), ((64, 4, 5, 96), (5.0,)),
+                      ((64, 4, 4, 0), (6.0, 3.0)), ((64, 4, 3, 0), (4.0, 3.0)), ((128, 8, 3, 0), (2.0, 3.0)))  # fmt: skip
         else:
             shapes = (((64, 4, 3, 0), (7.0, 6.0, 4.0, 3.0)), ((64, 4, 4, 0), (6.0, 4.0, 3.0)),
                       ((128, 8, 3, 0), (3.0, 2.0)))  # fmt: skip
