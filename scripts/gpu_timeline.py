@@ -33,7 +33,7 @@ def main():
     ap.add_argument("--shapes", default="8192x28672")
     ap.add_argument("--ms", default="1,16")
     ap.add_argument("--bits", default="3,4")
-    ap.add_argument("--pdl", type=int, default=1, help="programmatic launch level (lut_wgmma.launch's pdl)")
+    ap.add_argument("--pdl", type=int, default=2, help="programmatic launch level (lut_wgmma.launch's pdl)")
     ap.add_argument("--out", default=os.environ.get("OUT", "."))
     a = ap.parse_args()
     from memtool.kernels import lut_wgmma as WG

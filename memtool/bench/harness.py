@@ -3,7 +3,8 @@
 Timing. GPU: ``triton.testing.do_bench`` median (it warms up and flushes L2 between calls) or, with
 ``timer="events"``, CUDA events around back-to-back calls; ``cuda_graph=True`` captures the calls in a CUDA graph
 first (removes launch overhead; at least :data:`GRAPH_CALLS` calls a replay, so the replay's own cost is spread
-thin) and then times with events by default (``timer="auto"``). CPU: ``time.perf_counter`` median per call, labelled ``device=cpu``.
+thin) and then times with events by default (``timer="auto"``). CPU: ``time.perf_counter`` median per call,
+labelled ``device=cpu``.
 
 Rotation. Every workload is built ``copies`` times (weights and activations) and the timed calls cycle through
 the copies, so the data a call reads was evicted by the calls before it: ``copies * bytes`` exceeds 3x the L2
