@@ -734,6 +734,13 @@ def _time(fns, trials: int = 3, calls: int = 12) -> float:
     return sorted(ts)[len(ts) // 2]
 
 
+def _copies(nbytes: int, l2: int, free: int, most: int = 64) -> int:
+    """How many weights of ``nbytes`` to rotate: together more than twice ``l2``, the extra ones within a quarter
+    of ``free`` bytes, at most ``most``, at least 1."""
+    nb = max(1, nbytes)
+    return max(1, min(2 * l2 // nb + 1, int(0.25 * free // nb) + 1, most))
+
+
 def _rotation(w: LutWeight) -> list[LutWeight]:
     """``w`` and copies of it (fresh tensors, no caches) that together exceed twice the L2, within a quarter of
     the free memory: timed in turn, each call reads its weight from DRAM, as the layers of a model do. The tuner
@@ -742,11 +749,8 @@ def _rotation(w: LutWeight) -> list[LutWeight]:
     split 5 at 38.6 in the rotated benchmark). Without room for a copy: ``[w]``."""
     dev = w.qweight.device
     l2 = getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", 0) or (50 << 20)
-    nb = max(1, w.nbytes())
-    free, _ = torch.cuda.mem_get_info(dev)
-    n = max(1, min(2 * l2 // nb + 1, int(0.25 * free // nb) + 1, 64))
     out = [w]
-    for _ in range(n - 1):
+    for _ in range(_copies(w.nbytes(), l2, torch.cuda.mem_get_info(dev)[0]) - 1):
         kw = {f: None if getattr(w, f) is None else getattr(w, f).clone()
               for f in ("qweight", "scales", "biases", "alphas", "offsets", "table")}  # fmt: skip
         out.append(replace(w, cache={}, **kw))

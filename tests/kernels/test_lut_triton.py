@@ -80,6 +80,20 @@ def test_dot_perm_is_a_permutation():
         assert sorted(LT.dot_perm(bits)) == list(range(32))
 
 
+def test_tuner_rotates_enough_weight_copies_to_defeat_the_l2_within_a_quarter_of_free_memory():
+    """The tuner times each configuration over copies of the weight, so that every call reads from DRAM as in
+    a model: together they must exceed twice the L2, and the extra copies fit in a quarter of the free memory."""
+    mib = 1 << 20
+    cases = ((117 * mib, 60 * mib, 100 << 30), (6 * mib, 50 * mib, 100 << 30), (mib, 60 * mib, 1 << 40))
+    for nbytes, l2, free in cases:
+        n = LT._copies(nbytes, l2, free)
+        assert n * nbytes > 2 * l2 and (n - 1) * nbytes <= 2 * l2 or n == 64
+        assert (n - 1) * nbytes <= free / 4
+    assert LT._copies(117 * mib, 60 * mib, 200 * mib) == 1  # no room for a copy: the weight alone
+    assert LT._copies(10 * mib, 60 * mib, 40 * mib) == 2  # room for one copy only
+    assert LT._copies(0, 60 * mib, 1 << 40) == 64
+
+
 def test_tuner_takes_the_earliest_candidate_within_two_percent_of_the_fastest():
     """Candidates come in the order measured best with rotated weights; the tuner's own timing is noisier than
     2%, so a later candidate wins only when it is clearly faster."""
