@@ -16,6 +16,8 @@ Each runs its Triton kernel on CUDA (and under ``TRITON_INTERPRET=1``, as the te
 
 from __future__ import annotations
 
+import os
+
 import torch
 
 try:
@@ -52,8 +54,6 @@ if HAVE_TRITON:
 
 def runs_triton(x: torch.Tensor) -> bool:
     """Whether the kernels here take the Triton path for x: on CUDA, or under Triton's interpreter (the tests)."""
-    import os
-
     return HAVE_TRITON and (x.is_cuda or os.environ.get("TRITON_INTERPRET") == "1")
 
 
@@ -121,9 +121,7 @@ def rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
             or sin.dtype != x.dtype or x.dtype not in (torch.float16, torch.bfloat16, torch.float32)
             or cos.stride(-1) != 1 or sin.stride() != cos.stride() or x.stride(-1) != 1):  # fmt: skip
         return rope_ref(x, cos, sin)
-    y = torch.empty_like(x)
-    if y.stride(-1) != 1:
-        y = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    y = torch.empty_like(x)  # x's strides where x is dense, else contiguous: the last dimension contiguous either way
     if x.numel():
         scb = cos.stride(0) if cos.shape[0] == b else 0  # one row of positions for every batch row
         _rope_kernel[(b * h * s,)](x, cos, sin, y, h, s, *x.stride()[:3], *y.stride()[:3], scb, cos.stride(1), d // 2,

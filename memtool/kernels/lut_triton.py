@@ -40,7 +40,7 @@ Measured numbers and the known gaps: docs/bench/lut_kernels.md.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Optional
 
 import torch
@@ -749,12 +749,7 @@ def _rotation(w: LutWeight) -> list[LutWeight]:
     split 5 at 38.6 in the rotated benchmark). Without room for a copy: ``[w]``."""
     dev = w.qweight.device
     l2 = getattr(torch.cuda.get_device_properties(dev), "L2_cache_size", 0) or (50 << 20)
-    out = [w]
-    for _ in range(_copies(w.nbytes(), l2, torch.cuda.mem_get_info(dev)[0]) - 1):
-        kw = {f: None if getattr(w, f) is None else getattr(w, f).clone()
-              for f in ("qweight", "scales", "biases", "alphas", "offsets", "table")}  # fmt: skip
-        out.append(replace(w, cache={}, **kw))
-    return out
+    return [w] + [w.clone() for _ in range(_copies(w.nbytes(), l2, torch.cuda.mem_get_info(dev)[0]) - 1)]
 
 
 def _pick(x2: torch.Tensor, w: LutWeight, cands: list[Config]) -> Optional[Config]:

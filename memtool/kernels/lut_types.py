@@ -237,12 +237,20 @@ class LutWeight:
             kw[name] = sd[prefix + name]
         return cls(kind, bits, group_size, in_features, out_features, **kw)
 
-    def to(self, device=None) -> "LutWeight":
+    def _map(self, fn) -> "LutWeight":
+        """The same weight with ``fn`` applied to each stored tensor (no caches)."""
         kw = {}
         for name in ("qweight", "scales", "biases", "alphas", "offsets", "table"):
             t = getattr(self, name)
-            kw[name] = None if t is None else t.to(device)
+            kw[name] = None if t is None else fn(t)
         return replace(self, cache={}, **kw)
+
+    def to(self, device=None) -> "LutWeight":
+        return self._map(lambda t: t.to(device))
+
+    def clone(self) -> "LutWeight":
+        """A copy in fresh memory (e.g. to time a kernel on weights that are not in cache)."""
+        return self._map(torch.Tensor.clone)
 
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in self.state_dict().values())

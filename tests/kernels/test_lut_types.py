@@ -55,6 +55,17 @@ def test_state_dict_round_trip():
         assert torch.equal(w2.to_codes(), w.to_codes())
 
 
+def test_clone_is_equal_in_fresh_memory_without_caches():
+    for kind in ("affine", "bcq", "table"):
+        w = rand_weight(kind, 3, 7, 75, 32, seed=4)
+        w.cache["x"] = 1
+        c = w.clone()
+        assert c.cache == {} and c.meta() == w.meta()
+        for name in ("qweight", "scales", "biases", "alphas", "offsets", "table"):
+            a, b = getattr(w, name), getattr(c, name)
+            assert (a is None and b is None) or (torch.equal(a, b) and a.data_ptr() != b.data_ptr())
+
+
 def test_per_channel_and_bits():
     w = rand_weight("affine", 3, 4, 576, -1)
     assert w.group_size == 576 and w.groups == 1
