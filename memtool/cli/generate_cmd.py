@@ -102,11 +102,12 @@ def register(app: typer.Typer) -> None:
                 from memtool.compress.fuse import fuse_lut_projections
 
                 fused = fuse_lut_projections(m)
-            ops = None
+            ops, n_norms, n_rotary = None, 0, 0
             if fast_ops or (fast_ops is None and device.startswith("cuda")):
                 from memtool.models.fast_ops import use_fast_ops
 
                 ops = use_fast_ops(m)
+                n_norms, n_rotary = len(ops.norms), len(ops.rotary)
             args = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed, device=device)
             graph = cuda_graph if cuda_graph is not None else device.startswith("cuda")
             decode = "cuda-graph" if graph else "transformers"
@@ -118,8 +119,7 @@ def register(app: typer.Typer) -> None:
                 decode = f"transformers (CUDA graph failed: {str(e).splitlines()[0][:120]})"
                 res = generate_text(m, tok, prompt, graph=False, **args)
             finally:
-                n_norms, n_rotary = (len(ops.norms), len(ops.rotary)) if ops else (0, 0)
-                if ops:
+                if ops is not None:
                     ops.restore()
             meta = {"model": model, "artifact": ref.is_artifact, "device": device, "dtype": dtype,
                     "prompt": prompt, "text": res["text"], "fused_groups": len(fused), "fast_norms": n_norms,
